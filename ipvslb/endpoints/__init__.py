@@ -1,0 +1,1 @@
+"""Where the apiserver backends come from (static list, Kubernetes API)."""

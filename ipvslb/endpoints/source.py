@@ -1,0 +1,52 @@
+"""The endpoint-source interface the agent consumes.
+
+A source delivers the full current list of apiserver backends to a callback whenever it
+changes. The callback may be invoked from any thread; the consumer marshals it. A source never
+delivers an empty list because of a transient error: it keeps the last known list instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One apiserver: address and port."""
+
+    address: str
+    port: int
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.address)
+
+    def __str__(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+
+UpdateCallback = Callable[[Sequence[Backend]], None]
+
+
+class EndpointSource(Protocol):
+    def start(self, on_update: UpdateCallback) -> None:
+        """Begin delivering backend lists to ``on_update`` (non-blocking)."""
+
+    def stop(self) -> None:
+        """Stop delivering; join any worker thread (bounded)."""
+
+
+class StaticSource:
+    """The configured static list, delivered once."""
+
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        self._backends = sorted(set(backends))
+
+    def start(self, on_update: UpdateCallback) -> None:
+        on_update(list(self._backends))
+
+    def stop(self) -> None:
+        return None

@@ -25,7 +25,8 @@ class Backend:
         return ipaddress.ip_address(self.address)
 
     def __str__(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
 
 
 UpdateCallback = Callable[[Sequence[Backend]], None]

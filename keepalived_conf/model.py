@@ -1,0 +1,388 @@
+"""A typed model of the part of keepalived.conf that ipvslb writes.
+
+Every value is checked when an object is built: a model that exists can be rendered, and what is
+rendered contains exactly the directives the model holds (see :mod:`keepalived_conf.tokens`).
+Optional settings default to ``None`` (or ``False`` / empty), meaning "not written; keepalived's
+default applies". Sequences may be given as lists; they are stored as tuples.
+Errors are ``ValueError("ClassName.field: what is wrong and how to fix it")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from keepalived_conf import tokens as t
+
+LB_ALGOS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "mh", "dh", "fo", "ovf", "sed",
+            "nq", "twos")
+LB_KINDS = ("NAT", "DR", "TUN")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+STATES = ("MASTER", "BACKUP")
+
+#: Upper bound we accept for the integer second settings keepalived reads as unsigned ints.
+MAX_SECONDS = 86400 * 31
+#: persistence_timeout limit (31 days, same as ipvsadm and keepalived).
+MAX_PERSISTENCE = 2678400
+
+
+def _where(obj: object, name: str) -> str:
+    return f"{type(obj).__name__}.{name}"
+
+
+def _optional(obj: object, name: str, check: Callable[..., Any], *args: Any) -> None:
+    value = getattr(obj, name)
+    if value is not None:
+        check(value, _where(obj, name), *args)
+
+
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _items(obj: object, name: str, kind: type | tuple[type, ...],
+           check: Callable[[object, str], object] | None = None) -> None:
+    """Store a sequence field as a tuple and check each element."""
+    value = getattr(obj, name)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"{_where(obj, name)}: must be a list, got {value!r}")
+    items = tuple(value)
+    for index, item in enumerate(items):
+        where = f"{_where(obj, name)}[{index}]"
+        if check is not None:
+            check(item, where)
+        elif not isinstance(item, kind):
+            raise ValueError(f"{where}: must be a {_type_names(kind)}, "
+                             f"got {type(item).__name__}")
+    object.__setattr__(obj, name, items)
+
+
+def _object(obj: object, name: str, kind: type | tuple[type, ...]) -> None:
+    value = getattr(obj, name)
+    if value is not None and not isinstance(value, kind):
+        raise ValueError(f"{_where(obj, name)}: must be a {_type_names(kind)}, "
+                         f"got {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# global_defs
+
+
+@dataclass(frozen=True)
+class LvsSyncDaemon:
+    """``lvs_sync_daemon <interface> [inst <instance>] [id <sync_id>]``."""
+
+    interface: str
+    instance: str | None = None
+    sync_id: int | None = None
+
+    def __post_init__(self) -> None:
+        t.check_name(self.interface, _where(self, "interface"))
+        _optional(self, "instance", t.check_name)
+        _optional(self, "sync_id", t.check_int, 0, 255)
+
+
+@dataclass(frozen=True)
+class GlobalDefs:
+    """The ``global_defs { ... }`` block (written in this field order)."""
+
+    router_id: str | None = None
+    vrrp_version: int | None = None
+    vrrp_garp_master_delay: int | None = None
+    vrrp_garp_master_repeat: int | None = None
+    vrrp_garp_master_refresh: int | None = None
+    enable_script_security: bool = False
+    script_user: str | None = None
+    script_group: str | None = None
+    lvs_sync_daemon: LvsSyncDaemon | None = None
+    max_auto_priority: int | None = None
+
+    def __post_init__(self) -> None:
+        _optional(self, "router_id", t.check_name)
+        _optional(self, "vrrp_version", t.check_int, 2, 3)
+        _optional(self, "vrrp_garp_master_delay", t.check_int, 0, MAX_SECONDS)
+        _optional(self, "vrrp_garp_master_repeat", t.check_int, 1, 255)
+        _optional(self, "vrrp_garp_master_refresh", t.check_int, 0, MAX_SECONDS)
+        t.check_bool(self.enable_script_security, _where(self, "enable_script_security"))
+        _optional(self, "script_user", t.check_name)
+        _optional(self, "script_group", t.check_name)
+        if self.script_group is not None and self.script_user is None:
+            raise ValueError("GlobalDefs.script_group: needs script_user")
+        _object(self, "lvs_sync_daemon", LvsSyncDaemon)
+        _optional(self, "max_auto_priority", t.check_int, -1, 99)
+
+
+# ---------------------------------------------------------------------------------------------
+# vrrp_script
+
+
+@dataclass(frozen=True)
+class VrrpScript:
+    """``vrrp_script <name> { script "..." ... }``: a health check that moves VRRP priority."""
+
+    name: str
+    script: str
+    interval: int | None = None
+    timeout: int | None = None
+    rise: int | None = None
+    fall: int | None = None
+    weight: int | None = None
+    user: str | None = None
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        t.check_name(self.name, _where(self, "name"))
+        t.check_script(self.script, _where(self, "script"))
+        _optional(self, "interval", t.check_int, 1, 4294)
+        _optional(self, "timeout", t.check_int, 1, 4294)
+        _optional(self, "rise", t.check_int, 1, 65535)
+        _optional(self, "fall", t.check_int, 1, 65535)
+        _optional(self, "weight", t.check_int, -253, 253)
+        _optional(self, "user", t.check_name)
+        _optional(self, "group", t.check_name)
+        if self.group is not None and self.user is None:
+            raise ValueError("VrrpScript.group: needs user")
+
+
+# ---------------------------------------------------------------------------------------------
+# vrrp_instance
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """``authentication { auth_type PASS  auth_pass <password> }`` (at most 8 characters)."""
+
+    auth_pass: str
+    auth_type: Literal["PASS"] = "PASS"
+
+    def __post_init__(self) -> None:
+        t.check_choice(self.auth_type, _where(self, "auth_type"), ("PASS",))
+        t.check_password(self.auth_pass, _where(self, "auth_pass"))
+
+
+@dataclass(frozen=True)
+class VirtualIPAddress:
+    """One ``virtual_ipaddress`` line: ``<address>[/<prefix>] [dev <iface>] [label <label>]``."""
+
+    address: str
+    dev: str | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        t.check_cidr(self.address, _where(self, "address"))
+        _optional(self, "dev", t.check_name)
+        _optional(self, "label", t.check_name)
+
+
+@dataclass(frozen=True)
+class TrackScript:
+    """One ``track_script`` line: a ``vrrp_script`` name with an optional weight override."""
+
+    name: str
+    weight: int | None = None
+
+    def __post_init__(self) -> None:
+        t.check_name(self.name, _where(self, "name"))
+        _optional(self, "weight", t.check_int, -253, 253)
+
+
+@dataclass(frozen=True)
+class VrrpInstance:
+    """``vrrp_instance <name> { ... }`` (written in this field order)."""
+
+    name: str
+    interface: str
+    virtual_router_id: int
+    priority: int
+    state: Literal["MASTER", "BACKUP"] | None = "BACKUP"
+    version: int | None = None
+    advert_int: float | None = None
+    nopreempt: bool = False
+    garp_master_delay: int | None = None
+    garp_master_refresh: int | None = None
+    authentication: Authentication | None = None
+    unicast_src_ip: str | None = None
+    unicast_peers: tuple[str, ...] = ()
+    virtual_ipaddresses: tuple[VirtualIPAddress, ...] = ()
+    track_scripts: tuple[TrackScript, ...] = ()
+    notify_master: str | None = None
+    notify_backup: str | None = None
+    notify_fault: str | None = None
+    notify_stop: str | None = None
+    notify: str | None = None
+
+    NOTIFY_FIELDS: ClassVar[tuple[str, ...]] = (
+        "notify_master", "notify_backup", "notify_fault", "notify_stop", "notify")
+
+    def __post_init__(self) -> None:
+        t.check_name(self.name, _where(self, "name"))
+        t.check_name(self.interface, _where(self, "interface"))
+        t.check_int(self.virtual_router_id, _where(self, "virtual_router_id"), 1, 255)
+        t.check_int(self.priority, _where(self, "priority"), 1, 255)
+        _optional(self, "state", t.check_choice, STATES)
+        _optional(self, "version", t.check_int, 2, 3)
+        # VRRPv3 adverts count centiseconds; keepalived accepts 0.01 to 255 seconds.
+        _optional(self, "advert_int", t.check_seconds, 0.01, 255, 2)
+        t.check_bool(self.nopreempt, _where(self, "nopreempt"))
+        _optional(self, "garp_master_delay", t.check_int, 0, MAX_SECONDS)
+        _optional(self, "garp_master_refresh", t.check_int, 0, MAX_SECONDS)
+        _object(self, "authentication", Authentication)
+        _optional(self, "unicast_src_ip", t.check_ip)
+        _items(self, "unicast_peers", str, t.check_ip)
+        _items(self, "virtual_ipaddresses", VirtualIPAddress)
+        _items(self, "track_scripts", TrackScript)
+        for name in self.NOTIFY_FIELDS:
+            _optional(self, name, t.check_script)
+
+
+# ---------------------------------------------------------------------------------------------
+# virtual_server
+
+
+@dataclass(frozen=True, kw_only=True)
+class _CheckerBase:
+    """Connection options every checker shares."""
+
+    connect_port: int | None = None
+    connect_timeout: float | None = None
+    retry: int | None = None
+    delay_before_retry: float | None = None
+    warmup: float | None = None
+
+    def _check_common(self) -> None:
+        _optional(self, "connect_port", t.check_int, 1, 65535)
+        _optional(self, "connect_timeout", t.check_seconds, 0.000001, MAX_SECONDS)
+        _optional(self, "retry", t.check_int, 0, 65535)
+        _optional(self, "delay_before_retry", t.check_seconds, 0, MAX_SECONDS)
+        _optional(self, "warmup", t.check_seconds, 0, MAX_SECONDS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TcpCheck(_CheckerBase):
+    """``TCP_CHECK { ... }``: the real server is up while a TCP connect succeeds."""
+
+    KEYWORD: ClassVar[str] = "TCP_CHECK"
+
+    def __post_init__(self) -> None:
+        self._check_common()
+
+
+@dataclass(frozen=True)
+class HttpUrl:
+    """``url { path <path> [status_code <code>] }``."""
+
+    path: str
+    status_code: int | None = None
+
+    def __post_init__(self) -> None:
+        t.check_url_path(self.path, _where(self, "path"))
+        _optional(self, "status_code", t.check_int, 100, 599)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _HttpCheckBase(_CheckerBase):
+    urls: tuple[HttpUrl, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _items(self, "urls", HttpUrl)
+        if not self.urls:
+            raise ValueError(f"{_where(self, 'urls')}: needs at least one url")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpGet(_HttpCheckBase):
+    """``HTTP_GET { url { ... } ... }``."""
+
+    KEYWORD: ClassVar[str] = "HTTP_GET"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SslGet(_HttpCheckBase):
+    """``SSL_GET { url { ... } ... }`` (HTTPS; keepalived builds its own TLS context)."""
+
+    KEYWORD: ClassVar[str] = "SSL_GET"
+
+
+Checker = TcpCheck | HttpGet | SslGet
+CHECKERS: tuple[type[TcpCheck], type[HttpGet], type[SslGet]] = (TcpCheck, HttpGet, SslGet)
+
+
+@dataclass(frozen=True)
+class RealServer:
+    """``real_server <ip> <port> { ... }``."""
+
+    ip: str
+    port: int
+    weight: int | None = None
+    inhibit_on_failure: bool = False
+    checker: Checker | None = None
+
+    def __post_init__(self) -> None:
+        t.check_ip(self.ip, _where(self, "ip"))
+        t.check_int(self.port, _where(self, "port"), 1, 65535)
+        _optional(self, "weight", t.check_int, 0, 65535)
+        t.check_bool(self.inhibit_on_failure, _where(self, "inhibit_on_failure"))
+        _object(self, "checker", CHECKERS)
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    """``virtual_server <ip> <port> { ... }`` (written in this field order)."""
+
+    ip: str
+    port: int
+    delay_loop: float | None = None
+    lb_algo: str | None = "rr"
+    lb_kind: str | None = "DR"
+    persistence_timeout: int | None = None
+    protocol: str | None = "TCP"
+    quorum: int | None = None
+    hysteresis: int | None = None
+    alpha: bool = False
+    real_servers: tuple[RealServer, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        t.check_ip(self.ip, _where(self, "ip"))
+        t.check_int(self.port, _where(self, "port"), 1, 65535)
+        _optional(self, "delay_loop", t.check_seconds, 0.000001, MAX_SECONDS)
+        _optional(self, "lb_algo", t.check_choice, LB_ALGOS)
+        _optional(self, "lb_kind", t.check_choice, LB_KINDS)
+        _optional(self, "persistence_timeout", t.check_int, 1, MAX_PERSISTENCE)
+        _optional(self, "protocol", t.check_choice, PROTOCOLS)
+        _optional(self, "quorum", t.check_int, 1, 2**31 - 1)
+        _optional(self, "hysteresis", t.check_int, 0, 2**31 - 1)
+        t.check_bool(self.alpha, _where(self, "alpha"))
+        _items(self, "real_servers", RealServer)
+
+
+# ---------------------------------------------------------------------------------------------
+# top level
+
+
+@dataclass(frozen=True)
+class Include:
+    """``include <path>``: keepalived reads that file (or glob) at this point."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        t.check_path(self.path, _where(self, "path"))
+
+
+Item = GlobalDefs | VrrpScript | VrrpInstance | VirtualServer | Include
+ITEM_TYPES = (GlobalDefs, VrrpScript, VrrpInstance, VirtualServer, Include)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole keepalived.conf: top-level blocks and includes, written in this order."""
+
+    items: tuple[Item, ...] = ()
+
+    def __post_init__(self) -> None:
+        _items(self, "items", ITEM_TYPES)
+        if sum(isinstance(item, GlobalDefs) for item in self.items) > 1:
+            raise ValueError("Config.items: at most one GlobalDefs block")

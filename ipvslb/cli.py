@@ -19,6 +19,9 @@ from ipvslb.errors import UserError
 COMMANDS: dict[str, str] = {
     "validate": "ipvslb.cmd_config:validate",
     "render": "ipvslb.cmd_config:render",
+    "notify": "ipvslb.cmd_notify:notify",
+    "up": "ipvslb.cmd_agent:up",
+    "down": "ipvslb.cmd_agent:down",
 }
 
 

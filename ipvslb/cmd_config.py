@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ipvslb import config_file
 from ipvslb.config import Config
+from ipvslb.endpoints.source import Backend
+from ipvslb.errors import ConfigError
+from ipvslb.files import write_atomic
 from ipvslb.mode import decide
 
 config_option = click.option(
@@ -41,3 +46,53 @@ def validate(config_path: str, role: str | None) -> None:
     """Check a configuration file; print a one-line summary (exit 0) or every problem (exit 2)."""
     config = load_and_warn(config_path, role)
     click.echo(f"ok: {config_path}: {summary(config)}")
+
+
+def parse_endpoints(text: str, port: int) -> list[Backend]:
+    """``IP,IP:port,[IPv6]:port`` -> backends (a bad entry is a one-line UserError)."""
+    from ipvslb.validate import Problems, _endpoints
+
+    problems = Problems()
+    with problems.at("--endpoints"):
+        settings = _endpoints(problems, {"source": "static",
+                                         "static": [p for p in text.split(",") if p]}, port)
+    if problems.items:
+        raise ConfigError(problems.items)
+    return [Backend(str(ip), p) for ip, p in settings.static]
+
+
+@click.command()
+@config_option
+@role_option
+@click.option("--endpoints", default=None, metavar="IP[:PORT],...",
+              help="Apiserver backends to render (default: the static list of the config; "
+                   "none for the kubernetes source, whose backends are known only at run time).")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write the files there (mode 0600) instead of printing them.")
+@click.option("--priority", type=click.IntRange(1, 254), default=None,
+              help="VRRP priority of this node (default: node.priority, else derived from the "
+                   "node's address).")
+def render(config_path: str, role: str | None, endpoints: str | None, output_dir: str | None,
+           priority: int | None) -> None:
+    """Print (or write) every file keepalived will read for this node.
+
+    Interfaces given by MAC or left to the default route are resolved on this machine.
+    """
+    from ipvslb.keepalived_files import render_files, resolve_facts
+
+    config = load_and_warn(config_path, role)
+    port = config.node.api_server_port
+    if endpoints is not None:
+        backends = parse_endpoints(endpoints, port)
+    else:
+        backends = [Backend(str(ip), p) for ip, p in config.endpoints.static]
+    mode, why = decide(config)
+    files = render_files(config, mode, resolve_facts(config, priority), backends)
+    if output_dir:
+        for name, text in files.items():
+            write_atomic(Path(output_dir) / name, text, 0o600)
+        click.echo(f"wrote {', '.join(files)} to {output_dir} (mode {mode.value}: {why})")
+        return
+    for name, text in files.items():
+        click.echo(f"# ==> {name} <==")
+        click.echo(text)

@@ -1,0 +1,223 @@
+"""The node agent behind `ipvslb up`: config -> desired state -> reconcile, until stopped.
+
+Order of work on start (every step idempotent, so a restart after a crash repairs):
+1. decide the mode and resolve node facts (interfaces, priority) before touching anything;
+2. replace a keepalived left by a previous agent, remove stale VIPs and stale state;
+3. mode-specific plumbing: dummyvip0 (virtual servers) or the proxy + iptables (userspace);
+4. render keepalived's files, start keepalived under supervision;
+5. follow the local apiserver's health (track file) and the backends (endpoint source),
+   re-rendering and reloading keepalived or updating the proxy only on real change.
+On stop everything added is removed again; `ipvslb down` runs the same cleanup for an agent
+that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ipvslb import keepalived_files as kf
+from ipvslb import logfmt, vip, vs_switch
+from ipvslb.config import Config, EndpointSourceKind
+from ipvslb.endpoints.source import Backend, EndpointSource, StaticSource
+from ipvslb.files import write_atomic
+from ipvslb.keepalived_proc import Keepalived, stop_leftover
+from ipvslb.mode import Mode, decide
+
+log = logfmt.get("agent")
+
+
+def make_source(config: Config) -> EndpointSource:
+    if config.endpoints.source is EndpointSourceKind.STATIC:
+        return StaticSource([Backend(str(ip), port) for ip, port in config.endpoints.static])
+    from ipvslb.endpoints.kube import KubernetesSource
+
+    return KubernetesSource(kubeconfig=config.node.kubeconfig)
+
+
+class Agent:
+    def __init__(self, config: Config, priority: int | None = None,
+                 netns: str | None = None) -> None:
+        self.config = config
+        self.mode, self.why = decide(config)
+        self.netns = netns
+        self.run_dir = Path(config.node.run_dir)
+        self.facts = kf.resolve_facts(config, priority, netns)
+        self.backends: list[Backend] = []
+        self.keepalived: Keepalived | None = None
+        self.proxy: Any = None
+        self.source: EndpointSource | None = None
+        self.health: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        log.info(f"mode {self.mode.value}: {self.why}", extra={
+            "priority": self.facts.priority, "interfaces": ",".join(self.facts.interfaces)})
+        for warning in self.config.warnings:
+            log.warning(warning)
+        try:
+            await self._start()
+            log.info("running", extra={"run_dir": str(self.run_dir)})
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await self._stop()
+
+    async def _start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+        if stop_leftover(self.run_dir):
+            log.info("replaced the keepalived of a previous agent")
+        vip.remove_stale(self.config, self.facts.interfaces, self.netns)
+        await self._start_mode()
+        self._write_files()
+        self.keepalived = Keepalived(
+            self.config.node.keepalived_path, self.run_dir, self.run_dir / kf.CONF,
+            on_exit=self._keepalived_died, netns=self.netns)
+        await self.keepalived.start()
+        await self._start_health()
+        self.source = make_source(self.config)
+        self.source.start(self._on_update_threadsafe)
+
+    async def _start_mode(self) -> None:
+        from ipvslb import dummy
+
+        node = self.config.node
+        vips = [v.ip for v in self.config.all_vips]
+        if self.mode is Mode.VIRTUAL_SERVERS:
+            labels = {inst.address_label for inst in self.config.vrrp_instances}
+            dummy.ensure(node.dummy_interface, vips, label=labels.pop() if labels else None,
+                         netns=self.netns)
+            self._remove_ipvs_services()
+            for inst in self.config.vrrp_instances:
+                vs_switch.point(self.run_dir, inst.index, master=False)
+            return
+        dummy.remove(node.dummy_interface, netns=self.netns)
+        if self.mode is Mode.USERSPACE:
+            from ipvslb import iptables
+            from ipvslb.proxy import Proxy
+
+            self.proxy = Proxy("::", self.config.user_space_proxy_bind_port, [])
+            await self.proxy.start()
+            iptables.install(vips, node.api_server_port, self.config.user_space_proxy_bind_port,
+                             netns=self.netns)
+
+    async def _start_health(self) -> None:
+        """Feed keepalived's track file from the local apiserver's health (rise/fall)."""
+        settings = self.config.node.apiserver_health
+        if not settings.enabled:
+            return
+        from ipvslb.health import HealthChecker
+
+        path = self.run_dir / kf.HEALTH_FILE
+
+        def changed(healthy: Sequence[Backend]) -> None:
+            ok = bool(healthy)
+            write_atomic(path, "0\n" if ok else "1\n", 0o600)
+            log.info("local apiserver " + ("healthy: may hold the VIP" if ok else
+                                           "unhealthy: giving up the VIP"))
+
+        local = Backend("127.0.0.1", self.config.node.api_server_port)
+        self.health = HealthChecker(
+            [local], on_change=changed, interval=settings.interval, timeout=settings.timeout,
+            rise=settings.rise, fall=settings.fall, fail_open=False, verify=False,
+        )
+        await self.health.start()
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def _on_update_threadsafe(self, backends: Sequence[Backend]) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.update_backends, list(backends))
+
+    def update_backends(self, backends: list[Backend]) -> None:
+        new = sorted(set(backends))
+        if not new:
+            log.warning("ignored an empty backend list; keeping the last known backends",
+                        extra={"kept": len(self.backends)})
+            return
+        if new == self.backends:
+            return
+        self.backends = new
+        log.info("backends changed", extra={"backends": ",".join(map(str, new))})
+        if self.mode is Mode.USERSPACE and self.proxy is not None:
+            self.proxy.update(new)
+        changed = self._write_files()
+        if self.keepalived is not None and changed:
+            self.keepalived.reload()
+
+    def _write_files(self) -> bool:
+        """Render and write keepalived's files; True when one changed."""
+        files = kf.render_files(self.config, self.mode, self.facts, self.backends)
+        changed = False
+        for name, text in files.items():
+            changed |= write_atomic(self.run_dir / name, text, 0o600)
+        health = self.run_dir / kf.HEALTH_FILE
+        if self.config.node.apiserver_health.enabled and not health.exists():
+            write_atomic(health, "1\n", 0o600)  # not healthy until the first checks pass
+        return changed
+
+    async def _keepalived_died(self, code: int) -> None:
+        """keepalived is gone: nothing may keep answering for the VIPs on this node."""
+        removed = vip.remove_stale(self.config, self.facts.interfaces, self.netns)
+        if self.mode is Mode.VIRTUAL_SERVERS:
+            self._remove_ipvs_services()
+            for inst in self.config.vrrp_instances:
+                vs_switch.point(self.run_dir, inst.index, master=False)
+        log.warning("cleaned up after keepalived died", extra={"stale_vips_removed": removed})
+
+    def _remove_ipvs_services(self) -> None:
+        from ipvslb.ipvs import remove_services
+
+        port = self.config.node.api_server_port
+        remove_services([(vs.ip_address, port) for vs in self.config.virtual_servers],
+                        netns=self.netns)
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def _stop(self) -> None:
+        if self.source is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.source.stop)
+        if self.health is not None:
+            with contextlib.suppress(Exception):
+                await self.health.stop()
+        if self.keepalived is not None:
+            await self.keepalived.stop()
+        if self.proxy is not None:
+            await self.proxy.stop(grace=5.0)
+        cleanup(self.config, self.facts.interfaces, self.netns, keepalived_stopped=True)
+        log.info("stopped; removed what ipvslb added")
+
+
+def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
+            keepalived_stopped: bool = False) -> None:
+    """Remove everything ipvslb adds on a node (also for `ipvslb down` after a crash)."""
+    from ipvslb import dummy, iptables
+
+    run_dir = Path(config.node.run_dir)
+    if not keepalived_stopped:
+        stop_leftover(run_dir)
+    vip.remove_stale(config, interfaces, netns)
+    if config.virtual_servers and Path("/sys/module/ip_vs").exists():
+        from ipvslb.ipvs import remove_services
+
+        port = config.node.api_server_port
+        remove_services([(vs.ip_address, port) for vs in config.virtual_servers], netns=netns)
+    dummy.remove(config.node.dummy_interface, netns=netns)
+    iptables.remove(netns=netns)
+    names = [kf.CONF, kf.HEALTH_FILE] + [
+        n for i in range(len(config.vrrp_instances))
+        for n in (kf.vs_file(i), kf.vs_active_file(i), vs_switch.state_file(run_dir, i).name)]
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()

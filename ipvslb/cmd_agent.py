@@ -1,0 +1,102 @@
+"""`ipvslb up` (the agent, in the foreground) and `ipvslb down` (cleanup for a gone agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+from pathlib import Path
+from typing import IO
+
+import click
+
+from ipvslb import logfmt
+from ipvslb.cmd_config import config_option, load_and_warn, role_option
+from ipvslb.errors import UserError
+
+priority_option = click.option(
+    "--priority", type=click.IntRange(1, 254), default=None,
+    help="VRRP priority of this node (default: node.priority, else derived from its address).")
+
+
+def lock_run_dir(run_dir: Path) -> IO[str]:
+    """Hold ``run_dir/agent.lock`` for the agent's lifetime; one agent per run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    handle = open(run_dir / "agent.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        raise UserError(f"another ipvslb agent (pid {owner}) is running with run directory "
+                        f"{run_dir}; stop it first (or set node.runDir)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@click.command()
+@config_option
+@role_option
+@priority_option
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def up(config_path: str, role: str | None, priority: int | None, log_level: str) -> None:
+    """Run the agent in the foreground until SIGTERM/SIGINT (systemd-friendly).
+
+    Logs go to stderr as logfmt lines with a component= field. On stop, everything ipvslb
+    added (keepalived, VIPs, dummyvip0, IPVS services, iptables rules, run files) is removed.
+    """
+    from ipvslb.agent import Agent
+
+    logfmt.setup(log_level)
+    config = load_and_warn(config_path, role)
+    run_dir = Path(config.node.run_dir)
+    lock = lock_run_dir(run_dir)
+    try:
+        agent = Agent(config, priority)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await agent.run(stop)
+
+        asyncio.run(main())
+    finally:
+        lock.close()
+        (run_dir / "agent.lock").unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+
+
+@click.command()
+@config_option
+@role_option
+def down(config_path: str, role: str | None) -> None:
+    """Remove what an agent that is gone left behind (keepalived, VIPs, dummyvip0, IPVS
+    services, iptables rules, run files). Refuses while an agent is running."""
+    from ipvslb.agent import cleanup
+    from ipvslb.keepalived_files import resolve_facts
+
+    logfmt.setup("info")
+    config = load_and_warn(config_path, role)
+    run_dir = Path(config.node.run_dir)
+    lock = lock_run_dir(run_dir)
+    try:
+        cleanup(config, resolve_facts(config).interfaces)
+    finally:
+        lock.close()
+        (run_dir / "agent.lock").unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+    click.echo("down: removed what ipvslb had added")

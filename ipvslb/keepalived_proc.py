@@ -1,0 +1,218 @@
+"""Run and supervise keepalived: start, relay its output, reload, restart with backoff, stop.
+
+keepalived runs in the foreground (``--dont-fork``) as the agent's child, under
+``setpriv --pdeathsig TERM`` so that if the agent itself dies, keepalived is told to stop
+gracefully (it releases its VIPs and peers take over at once) instead of holding the VIP with
+nobody left to manage it. Its pid files live in the run directory; a keepalived left over by a
+previous agent is found through them and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
+
+from ipvslb import logfmt
+from ipvslb.errors import SystemStateError
+
+log = logfmt.get("keepalived")
+STOP_GRACE = 5.0
+PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
+# A keepalived that ran this long before dying is restarted at once (the backoff starts over).
+STABLE_RUN = 60.0
+
+
+class _Exited(Exception):
+    """keepalived exited without being asked to."""
+
+
+class _StableRunEnded(Exception):
+    """keepalived exited after running long enough to count as healthy."""
+
+
+def pid_from_file(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def is_keepalived(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "keepalived"
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait (bounded) for ``pids`` to exit; return those still alive."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if is_keepalived(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if is_keepalived(p)]
+    return alive
+
+
+def stop_leftover(run_dir: Path, grace: float = STOP_GRACE) -> bool:
+    """Stop a keepalived (and its children) recorded in ``run_dir``'s pid files.
+
+    Graceful first (SIGTERM to the main process: it drops its VIPs), SIGKILL after ``grace``.
+    Returns True when there was one. Pid files of processes that are not keepalived are ignored
+    (a recycled pid is never signalled).
+    """
+    pids = [p for name in PID_FILES if (p := pid_from_file(run_dir / name)) and is_keepalived(p)]
+    if not pids:
+        return False
+    log.warning("found a keepalived left by a previous agent; replacing it", extra={
+        "pids": ",".join(map(str, pids))})
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pids[0], signal.SIGTERM)
+    for pid in wait_gone(pids, grace):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_gone(pids, 2.0)
+    return True
+
+
+def kill_children(run_dir: Path) -> None:
+    """SIGKILL keepalived children whose parent died without taking them along."""
+    for name in PID_FILES[1:]:
+        pid = pid_from_file(run_dir / name)
+        if pid and is_keepalived(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Keepalived:
+    """One supervised keepalived process."""
+
+    def __init__(self, binary: str, run_dir: Path, conf: Path,
+                 on_exit: Callable[[int], Awaitable[None]] | None = None,
+                 netns: str | None = None, max_backoff: float = 30.0) -> None:
+        self.binary = binary
+        self.run_dir = run_dir
+        self.conf = conf
+        self.on_exit = on_exit
+        self.netns = netns
+        self.max_backoff = max_backoff
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+
+    def command(self) -> list[str]:
+        if not os.access(self.binary, os.X_OK):
+            raise SystemStateError(f"keepalived not found at {self.binary}; install Debian's "
+                                   "keepalived package or set node.keepalivedPath")
+        cmd = [
+            self.binary, "--dont-fork", "--use-file", str(self.conf), "--no-syslog",
+            "--log-console", "--log-detail",
+            "--pid", str(self.run_dir / "keepalived.pid"),
+            "--vrrp_pid", str(self.run_dir / "vrrp.pid"),
+            "--checkers_pid", str(self.run_dir / "checkers.pid"),
+        ]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        return cmd
+
+    async def start(self) -> None:
+        """Start supervising; returns once the first keepalived process is running."""
+        self.command()  # fail early, with one clear line, if the binary is missing
+        self._task = asyncio.create_task(self._supervise(), name="keepalived")
+        await asyncio.wait({asyncio.ensure_future(self._started.wait()), self._task},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            self._task.result()
+
+    async def _run_once(self) -> None:
+        """Run keepalived until it exits; raise when that was not asked for."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.info("started keepalived", extra={"pid": self.process.pid})
+        self._started.set()
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                log.info(line)
+        code = await self.process.wait()
+        if self._stopping:
+            return
+        self.restarts += 1
+        log.error("keepalived exited unexpectedly; cleaning up and restarting", extra={
+            "exit_code": code, "restarts": self.restarts})
+        kill_children(self.run_dir)
+        if self.on_exit is not None:
+            await self.on_exit(code)
+        if loop.time() - began > STABLE_RUN:
+            raise _StableRunEnded(code)
+        raise _Exited(code)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(_Exited),
+                wait=wait_exponential(multiplier=0.2, max=self.max_backoff),
+                stop=stop_never, reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._run_once()
+            except _StableRunEnded:
+                continue  # it ran long enough: restart at once, backoff starts over
+            return
+
+    def reload(self) -> bool:
+        """SIGHUP keepalived so it re-reads its files; False when it is not running."""
+        if self.process is None or self.process.returncode is not None:
+            return False
+        # setpriv and `ip netns exec` exec keepalived: the child's pid is keepalived's.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGHUP)
+            log.info("reloaded keepalived (SIGHUP)")
+            return True
+        return False
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Graceful stop (SIGTERM: VIPs dropped, peers take over), SIGKILL after ``grace``."""
+        self._stopping = True
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                log.warning("keepalived did not stop in time; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.wait_for(proc.wait(), 5)
+        kill_children(self.run_dir)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5)
+        for name in PID_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / name).unlink()

@@ -1,0 +1,353 @@
+"""Proxy benchmark on loopback: direct vs HAProxy (default, splice) vs ipvslb's proxy.
+
+  .venv/bin/python bench/proxy/run.py [--short] [--variants]
+
+One run measures every subject, repetitions interleaved: download throughput (1 and 8
+streams), 64-byte request/response (1 and 16 connections, p50/p99 latency, proxy CPU per
+request), new connections per second (8 concurrent clients) and the proxy's RSS holding idle
+connections. Results: bench/results/proxy.json and bench/results/proxy.md.
+
+Everything runs on 127.0.0.1 with three echo/bulk backends (bench/proxy/backends.py) and the
+load generators in bench/proxy/load.py; every process started here is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+HOST = "127.0.0.1"
+
+HAPROXY_CFG = """\
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend fe
+    bind {host}:{port}
+    default_backend be
+
+backend be
+    balance roundrobin
+{extra}{servers}
+"""
+
+TESTS = [
+    ("bulk1", ["bulk", "--streams", "1"]),
+    ("bulk8", ["bulk", "--streams", "8"]),
+    ("rr1", ["rr", "--conns", "1"]),
+    ("rr16", ["rr", "--conns", "16"]),
+    ("newconn", ["newconn", "--conns", "8"]),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` (ns, from schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def backends() -> Iterator[list[str]]:
+    ports = [free_port() for _ in range(3)]
+    procs = [subprocess.Popen([PY, str(HERE / "backends.py"), str(p)], stdout=subprocess.DEVNULL)
+             for p in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_listening(port, proc)
+        yield [f"{HOST}:{p}" for p in ports]
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+@contextmanager
+def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list[str], int | None]]:
+    """Start subject ``name``; yields (addresses to load, pid of the proxy or None)."""
+    if name == "direct":
+        yield targets, None
+        return
+    port = free_port()
+    if name.startswith("haproxy"):
+        splice = "    option splice-request\n    option splice-response\n"
+        extra = splice if "splice" in name else ""
+        servers = "".join(f"    server s{i} {t}\n" for i, t in enumerate(targets))
+        cfg = workdir / f"{name}.cfg"
+        cfg.write_text(HAPROXY_CFG.format(host=HOST, port=port, extra=extra, servers=servers))
+        cmd = ["haproxy", "-db", "-f", str(cfg)]
+    else:  # ipvslb[-<loop>-<engine>]
+        parts = name.split("-")
+        loop, engine = (parts[1], parts[2]) if len(parts) == 3 else ("uvloop", "splice")
+        cmd = [PY, str(HERE / "ipvslb_proxy.py"), "--port", str(port), "--loop", loop,
+               "--engine", engine, *targets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        wait_listening(port, proc)
+        yield [f"{HOST}:{port}"], proc.pid
+    finally:
+        stop(proc)
+
+
+def load(args: list[str], addresses: list[str], seconds: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [PY, str(HERE / "load.py"), *args, "--seconds", str(seconds), *addresses],
+        capture_output=True, check=True, timeout=seconds + 60,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def idle_rss(addresses: list[str], pid: int, conns: int) -> dict[str, float]:
+    """RSS before and while ``conns`` idle connections are held through the proxy."""
+    load(["rr", "--conns", "16"], addresses, 0.5)  # warm up code paths and pools
+    time.sleep(0.5)
+    base = rss_kb(pid)
+    holder = subprocess.Popen(
+        [PY, str(HERE / "load.py"), "idle", "--conns", str(conns), *addresses],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = holder.stdout.readline()
+        held = json.loads(line)["held"]
+        time.sleep(1.0)
+        loaded = rss_kb(pid)
+        holder.stdin.close()
+        holder.wait(60)
+    finally:
+        stop(holder)
+    return {
+        "held": held,
+        "rss_base_mb": base / 1024,
+        "rss_mb": loaded / 1024,
+        "kb_per_conn": (loaded - base) / max(1, held),
+    }
+
+
+def measure(subjects: list[str], reps: int, seconds: float, idle_conns: int) -> dict[str, Any]:
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {t: [] for t, _ in TESTS}
+                                                         for s in subjects}
+    memory: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, backends() as targets:
+        workdir = Path(tmp)
+        for rep in range(reps):
+            for name in subjects:
+                with subject(name, targets, workdir) as (addresses, pid):
+                    for test, args in TESTS:
+                        before = cpu_ns(pid) if pid else 0
+                        result = load(args, addresses, seconds)
+                        if pid and "requests_total" in result:
+                            spent = cpu_ns(pid) - before
+                            result["cpu_us_per_req"] = spent / 1000 / result["requests_total"]
+                        runs[name][test].append(result)
+                        print(f"rep {rep + 1}/{reps} {name:24} {test:8} {fmt(result)}",
+                              file=sys.stderr, flush=True)
+        for name in subjects:
+            if name == "direct":
+                continue
+            with subject(name, targets, workdir) as (addresses, pid):
+                assert pid is not None
+                memory[name] = idle_rss(addresses, pid, idle_conns)
+                print(f"idle {name:24} {fmt(memory[name])}", file=sys.stderr, flush=True)
+    medians: dict[str, dict[str, dict[str, float]]] = {}
+    for name, tests in runs.items():
+        medians[name] = {}
+        for test, results in tests.items():
+            keys = results[0].keys()
+            medians[name][test] = {k: statistics.median(r[k] for r in results) for k in keys}
+    return {"runs": runs, "medians": medians, "memory": memory}
+
+
+def fmt(result: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in result.items())
+
+
+def ratios(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, float]:
+    base, me = medians["haproxy"], medians[name]
+    out = {
+        "bulk1": me["bulk1"]["gbit_s"] / base["bulk1"]["gbit_s"],
+        "bulk8": me["bulk8"]["gbit_s"] / base["bulk8"]["gbit_s"],
+        "rr1": me["rr1"]["req_s"] / base["rr1"]["req_s"],
+        "rr16": me["rr16"]["req_s"] / base["rr16"]["req_s"],
+        "rr1_p99": me["rr1"]["p99_us"] / base["rr1"]["p99_us"],
+        "rr16_p99": me["rr16"]["p99_us"] / base["rr16"]["p99_us"],
+        "newconn": me["newconn"]["conn_s"] / base["newconn"]["conn_s"],
+    }
+    if name in memory and "haproxy" in memory:
+        out["kb_per_conn"] = memory[name]["kb_per_conn"] / memory["haproxy"]["kb_per_conn"]
+    return out
+
+
+def targets_met(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, bool]:
+    me, ha, sp = medians[name], medians["haproxy"], medians["haproxy-splice"]
+    return {
+        "bulk1 >= haproxy-splice": me["bulk1"]["gbit_s"] >= sp["bulk1"]["gbit_s"],
+        "bulk8 >= haproxy-splice": me["bulk8"]["gbit_s"] >= sp["bulk8"]["gbit_s"],
+        "rr1 rate >= haproxy": me["rr1"]["req_s"] >= ha["rr1"]["req_s"],
+        "rr16 rate >= haproxy": me["rr16"]["req_s"] >= ha["rr16"]["req_s"],
+        "rr1 p99 <= haproxy": me["rr1"]["p99_us"] <= ha["rr1"]["p99_us"],
+        "rr16 p99 <= haproxy": me["rr16"]["p99_us"] <= ha["rr16"]["p99_us"],
+        "newconn >= 0.85x haproxy": me["newconn"]["conn_s"] >= 0.85 * ha["newconn"]["conn_s"],
+        "memory/conn <= haproxy": memory[name]["kb_per_conn"] <= memory["haproxy"]["kb_per_conn"],
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    med, mem, meta = report["medians"], report["memory"], report["meta"]
+    lines = [
+        "# Proxy benchmark (loopback)",
+        "",
+        f"{meta['date']} · {meta['mode']} mode · {meta['reps']} repetitions × {meta['seconds']} s "
+        f"per test (medians) · {meta['cpus']} CPUs shared with other work · load average "
+        f"{meta['loadavg_start']} → {meta['loadavg_end']} · {meta['haproxy']} (nbthread = CPUs) · "
+        f"Python {meta['python']}",
+        "",
+        "Three backends on 127.0.0.1 (one Python epoll process each); load generators are "
+        "Python processes on the same cores. Bulk = download (backend → client).",
+        "",
+        "| subject | bulk 1 Gbit/s | bulk 8 Gbit/s | rr 1 conn req/s | p50/p99 µs | "
+        "rr 16 conns req/s | p50/p99 µs | CPU µs/req (16) | new conn/s | idle RSS MB (conns) "
+        "| KB/idle conn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in med.items():
+        cpu = m["rr16"].get("cpu_us_per_req")
+        memo = mem.get(name)
+        lines.append(
+            f"| {name} | {m['bulk1']['gbit_s']:.1f} | {m['bulk8']['gbit_s']:.1f} | "
+            f"{m['rr1']['req_s'] / 1000:.1f}k | "
+            f"{m['rr1']['p50_us']:.0f}/{m['rr1']['p99_us']:.0f} | "
+            f"{m['rr16']['req_s'] / 1000:.1f}k | "
+            f"{m['rr16']['p50_us']:.0f}/{m['rr16']['p99_us']:.0f} | "
+            f"{'' if cpu is None else f'{cpu:.1f}'} | {m['newconn']['conn_s'] / 1000:.2f}k | "
+            + (f"{memo['rss_mb']:.1f} ({memo['held']}) | {memo['kb_per_conn']:.2f} |"
+               if memo else "– | – |")
+        )
+    lines += ["", "## Ratios to HAProxy (defaults)", "",
+              "| subject | bulk 1 | bulk 8 | rr 1 | rr 16 | p99 rr 1 | p99 rr 16 | new conns "
+              "| memory/conn |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["ratios"].items():
+        lines.append(
+            f"| {name} | {r['bulk1']:.2f} | {r['bulk8']:.2f} | {r['rr1']:.2f} | {r['rr16']:.2f} | "
+            f"{r['rr1_p99']:.2f} | {r['rr16_p99']:.2f} | {r['newconn']:.2f} | "
+            f"{r.get('kb_per_conn', float('nan')):.2f} |"
+        )
+    lines += ["", "Latency ratios: lower is better. Memory/conn: lower is better.", "",
+              "## Targets (ipvslb vs HAProxy)", ""]
+    for target, ok in report["targets"].items():
+        lines.append(f"- {'met' if ok else 'MISSED'}: {target}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--short", action="store_true", help="CI mode: 1 repetition, 1 s tests")
+    ap.add_argument("--variants", action="store_true",
+                    help="also measure ipvslb's engines (splice/copy) on asyncio and uvloop")
+    ap.add_argument("--reps", type=int)
+    ap.add_argument("--seconds", type=float)
+    ap.add_argument("--out", default=str(RESULTS / "proxy"))
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    reps = args.reps or (1 if args.short else 5)
+    seconds = args.seconds or (1.0 if args.short else 3.0)
+    idle_conns = 2_000 if args.short else 9_000
+    subjects = ["direct", "haproxy", "haproxy-splice", "ipvslb"]
+    if args.variants:
+        subjects += [f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
+                     for engine in ("copy", "splice")]
+    loadavg_start = os.getloadavg()[0]
+    started = time.time()
+    result = measure(subjects, reps, seconds, idle_conns)
+    haproxy_version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True
+                                     ).stdout.splitlines()[0]
+    report: dict[str, Any] = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            "mode": "short" if args.short else "full",
+            "reps": reps,
+            "seconds": seconds,
+            "idle_conns": idle_conns,
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "haproxy": haproxy_version,
+            "loadavg_start": round(loadavg_start, 2),
+            "loadavg_end": round(os.getloadavg()[0], 2),
+            "duration_s": round(time.time() - started, 1),
+        },
+        **result,
+    }
+    report["ratios"] = {n: ratios(result["medians"], result["memory"], n)
+                        for n in subjects if n not in ("direct", "haproxy")}
+    report["targets"] = targets_met(result["medians"], result["memory"], "ipvslb")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

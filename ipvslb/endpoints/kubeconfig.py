@@ -9,6 +9,7 @@ The Kubernetes client is imported only when a kubeconfig is loaded.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,7 +122,29 @@ def load(kubeconfig: Kubeconfig, context: str | None = None) -> Any:
         message = " ".join(str(err).split()) or type(err).__name__
         message = message.removeprefix("Invalid kube-config file. ")
         raise UserError(f"{kubeconfig}: {message}") from None
-    host = getattr(client.configuration, "host", "") or ""
+    config = client.configuration
+    host = getattr(config, "host", "") or ""
     if not host.startswith(("https://", "http://")):
         raise UserError(f"{kubeconfig}: the current context's cluster has no server URL")
+    _check_tls_material(kubeconfig, config)
     return client
+
+
+def _check_tls_material(kubeconfig: Kubeconfig, config: Any) -> None:
+    """Fail now, not at the first request, on a CA or client certificate that cannot be used."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if config.ssl_ca_cert:
+        try:
+            context.load_verify_locations(cafile=config.ssl_ca_cert)
+        except (ssl.SSLError, OSError):
+            raise UserError(
+                f"{kubeconfig}: the cluster's certificate-authority is not a PEM certificate"
+            ) from None
+    if config.cert_file or config.key_file:
+        try:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        except (ssl.SSLError, OSError, TypeError):
+            raise UserError(
+                f"{kubeconfig}: the user's client-certificate and client-key do not form a "
+                "usable PEM pair"
+            ) from None

@@ -1,0 +1,1 @@
+from tests.apiserver.fixtures import control_plane, reconciler  # noqa: F401

@@ -19,6 +19,7 @@ from ipvslb.errors import UserError
 COMMANDS: dict[str, str] = {
     "validate": "ipvslb.cmd_config:validate",
     "render": "ipvslb.cmd_config:render",
+    "show": "ipvslb.cmd_show:show",
     "notify": "ipvslb.cmd_notify:notify",
     "up": "ipvslb.cmd_agent:up",
     "down": "ipvslb.cmd_agent:down",

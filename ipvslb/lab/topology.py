@@ -331,7 +331,7 @@ def _parse(doc: Any) -> Topology:
     with problems.at("network"):
         if not top.has("network"):
             problems.add("", "is required; give subnet and vip, e.g. subnet: 192.168.56.0/24, "
-                         "vip: 192.168.56.100/24")
+                         "vip: 192.168.56.10/24")
         network = _network(problems, top.raw("network"))
 
     taken_names: dict[str, str] = {}
@@ -396,16 +396,16 @@ def _network(problems: Problems, raw: Any) -> Network | None:
     text = s.str_("vip")
     if text is None and s.data:
         problems.add("vip", "is required; give the VIP with the subnet's prefix, e.g. "
-                     "192.168.56.100/24")
+                     "192.168.56.10/24")
     elif text is not None:
         if "/" not in text:
             problems.add("vip", f"{text!r} has no prefix length; write it as address/prefix "
-                         "with the subnet's prefix, e.g. 192.168.56.100/24")
+                         "with the subnet's prefix, e.g. 192.168.56.10/24")
         else:
             try:
                 vip = ipaddress.ip_interface(text.strip())
             except ValueError:
-                problems.add("vip", f"{text!r} is not an address/prefix, e.g. 192.168.56.100/24")
+                problems.add("vip", f"{text!r} is not an address/prefix, e.g. 192.168.56.10/24")
     if subnet is not None and vip is not None:
         if vip.version != subnet.version or vip.ip not in subnet or vip.ip in (
                 subnet.network_address, subnet.broadcast_address):

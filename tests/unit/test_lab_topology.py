@@ -62,7 +62,7 @@ def test_the_shipped_topology_is_the_documented_lab(lab: Topology) -> None:
     assert DEFAULT_TOPOLOGY == ROOT / "examples" / "lab-topology.yaml"
     assert lab.mode is LabMode.VIRTUAL_SERVERS
     assert lab.network.subnet == ipaddress.ip_network("192.168.56.0/24")
-    assert str(lab.network.vip) == "192.168.56.100/24"
+    assert str(lab.network.vip) == "192.168.56.10/24"
     assert [n.name for n in lab.controllers] == ["ctrl-1", "ctrl-2", "ctrl-3"]
     assert [n.name for n in lab.workers] == ["worker-1", "worker-2", "worker-3"]
     assert all(n.kind is NodeKind.CONTROLLER and n.role is c.Role.CONTROLLER
@@ -156,11 +156,11 @@ def test_priority_and_node_settings_pass_through() -> None:
 
 def test_rebased_lab_keeps_host_parts_and_stays_valid(lab: Topology) -> None:
     moved = lab.rebased("10.77.0.0/24")
-    assert str(moved.network.vip) == "10.77.0.100/24"
+    assert str(moved.network.vip) == "10.77.0.10/24"
     assert [str(n.address) for n in moved.nodes] == [
         "10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.21", "10.77.0.22", "10.77.0.23"]
     wider = lab.rebased("10.78.0.0/16")
-    assert str(wider.network.vip) == "10.78.0.100/16"
+    assert str(wider.network.vip) == "10.78.0.10/16"
     for topo in (moved, wider):
         for node in topo.controllers:
             config = config_from_document(node_config(topo, node.name, interface="veth0"))
@@ -226,11 +226,11 @@ def _edit(path: list[Any], value: Any) -> dict[str, Any]:
     (["network", "subnet"], "192.168.56.1/24", "network.subnet: '192.168.56.1/24' is not a "
                                                "subnet"),
     (["network", "subnet"], KeyError, "network.subnet: is required"),
-    (["network", "vip"], "192.168.56.100", "network.vip: '192.168.56.100' has no prefix"),
+    (["network", "vip"], "192.168.56.10", "network.vip: '192.168.56.10' has no prefix"),
     (["network", "vip"], "10.0.0.100/24", "network.vip: 10.0.0.100 is not a host address of "
                                           "subnet 192.168.56.0/24"),
-    (["network", "vip"], "192.168.56.100/32", "network.vip: /32 is not the subnet's prefix; "
-                                              "write 192.168.56.100/24"),
+    (["network", "vip"], "192.168.56.10/32", "network.vip: /32 is not the subnet's prefix; "
+                                              "write 192.168.56.10/24"),
     (["network", "vip"], "192.168.56.11/24", "controllers[0].address: 192.168.56.11 is already "
                                              "network.vip's"),
     (["network", "virtualRouterID"], 256, "network.virtualRouterID: must be from 1 to 255"),
@@ -368,7 +368,7 @@ def test_gen_reports_bad_input_in_one_line_without_traceback(args: list[str],
 def test_gen_check_summarises(capsys: pytest.CaptureFixture[str]) -> None:
     assert gen.main(["check", "--workers", "1", "--mode", "userspace"]) == 0
     assert capsys.readouterr().out == (
-        f"ok: {DEFAULT_TOPOLOGY}: lab 'ipvslb-lab', mode userspace, VIP 192.168.56.100/24, "
+        f"ok: {DEFAULT_TOPOLOGY}: lab 'ipvslb-lab', mode userspace, VIP 192.168.56.10/24, "
         "3 controller(s), 1 worker(s)\n")
 
 

@@ -52,6 +52,7 @@ class Agent:
         self.proxy: Any = None
         self.source: EndpointSource | None = None
         self.health: Any = None
+        self.backend_health: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- start ------------------------------------------------------------------------------
@@ -102,12 +103,26 @@ class Agent:
         dummy.remove(node.dummy_interface, netns=self.netns)
         if self.mode is Mode.USERSPACE:
             from ipvslb import iptables
+            from ipvslb.health import HealthChecker
             from ipvslb.proxy import Proxy
 
-            self.proxy = Proxy("::", self.config.user_space_proxy_bind_port, [])
+            self.proxy = Proxy(None, self.config.user_space_proxy_bind_port, [])
             await self.proxy.start()
-            iptables.install(vips, node.api_server_port, self.config.user_space_proxy_bind_port,
-                             netns=self.netns)
+            # Active checks narrow the rotation; the proxy's own passive ejection reports back.
+            self.backend_health = HealthChecker(
+                [], on_change=self.proxy.update, on_result=self._backend_result,
+                mode="https" if node.real_server_check.value == "https" else "tcp",
+                fail_open=True)
+            self.proxy.on_eject = self.backend_health.report_failure
+            await self.backend_health.start()
+            iptables.install(
+                [iptables.Redirect(str(v), node.api_server_port,
+                                   self.config.user_space_proxy_bind_port) for v in vips],
+                netns=self.netns)
+
+    def _backend_result(self, backend: Backend, ok: bool) -> None:
+        if ok and self.proxy is not None:
+            self.proxy.readmit([backend])
 
     async def _start_health(self) -> None:
         """Feed keepalived's track file from the local apiserver's health (rise/fall)."""
@@ -125,9 +140,11 @@ class Agent:
                                            "unhealthy: giving up the VIP"))
 
         local = Backend("127.0.0.1", self.config.node.api_server_port)
+        # The local apiserver's certificate is not verified: this asks "is my own apiserver
+        # ready", over loopback, not "is this server who it claims to be".
         self.health = HealthChecker(
-            [local], on_change=changed, interval=settings.interval, timeout=settings.timeout,
-            rise=settings.rise, fall=settings.fall, fail_open=False, verify=False,
+            [local], on_change=changed, mode="https", interval=settings.interval,
+            timeout=settings.timeout, rise=settings.rise, fall=settings.fall, fail_open=False,
         )
         await self.health.start()
 
@@ -149,6 +166,7 @@ class Agent:
         log.info("backends changed", extra={"backends": ",".join(map(str, new))})
         if self.mode is Mode.USERSPACE and self.proxy is not None:
             self.proxy.update(new)
+            self.backend_health.update(new)
         changed = self._write_files()
         if self.keepalived is not None and changed:
             self.keepalived.reload()
@@ -186,9 +204,9 @@ class Agent:
         if self.source is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.source.stop)
-        if self.health is not None:
-            with contextlib.suppress(Exception):
-                await self.health.stop()
+        for checker in (self.health, self.backend_health):
+            if checker is not None:
+                await checker.stop()
         if self.keepalived is not None:
             await self.keepalived.stop()
         if self.proxy is not None:

@@ -9,6 +9,7 @@ Errors are ``ValueError("ClassName.field: what is wrong and how to fix it")``.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -146,6 +147,26 @@ class VrrpScript:
             raise ValueError("VrrpScript.group: needs user")
 
 
+@dataclass(frozen=True)
+class TrackFile:
+    """``track_file <name> { file "<path>" weight <w> init_file <v> }``.
+
+    keepalived reads a number from the file whenever it changes. With weight 0, a non-zero
+    value puts the instances that track it in FAULT (they give up their VIPs).
+    """
+
+    name: str
+    file: str
+    weight: int | None = None
+    init_file: int | None = None
+
+    def __post_init__(self) -> None:
+        t.check_name(self.name, _where(self, "name"))
+        t.check_path(self.file, _where(self, "file"))
+        _optional(self, "weight", t.check_int, -254, 254)
+        _optional(self, "init_file", t.check_int, -2147483647, 2147483647)
+
+
 # ---------------------------------------------------------------------------------------------
 # vrrp_instance
 
@@ -189,6 +210,18 @@ class TrackScript:
 
 
 @dataclass(frozen=True)
+class TrackFileRef:
+    """One ``track_file`` line in an instance: a ``track_file`` name, optional weight."""
+
+    name: str
+    weight: int | None = None
+
+    def __post_init__(self) -> None:
+        t.check_name(self.name, _where(self, "name"))
+        _optional(self, "weight", t.check_int, -254, 254)
+
+
+@dataclass(frozen=True)
 class VrrpInstance:
     """``vrrp_instance <name> { ... }`` (written in this field order)."""
 
@@ -207,6 +240,7 @@ class VrrpInstance:
     unicast_peers: tuple[str, ...] = ()
     virtual_ipaddresses: tuple[VirtualIPAddress, ...] = ()
     track_scripts: tuple[TrackScript, ...] = ()
+    track_files: tuple[TrackFileRef, ...] = ()
     notify_master: str | None = None
     notify_backup: str | None = None
     notify_fault: str | None = None
@@ -223,7 +257,7 @@ class VrrpInstance:
         t.check_int(self.priority, _where(self, "priority"), 1, 255)
         _optional(self, "state", t.check_choice, STATES)
         _optional(self, "version", t.check_int, 2, 3)
-        # VRRPv3 adverts count centiseconds; keepalived accepts 0.01 to 255 seconds.
+        # VRRPv3 adverts count centiseconds (0.01-40.95 s); VRRPv2 whole seconds (1-255).
         _optional(self, "advert_int", t.check_seconds, 0.01, 255, 2)
         t.check_bool(self.nopreempt, _where(self, "nopreempt"))
         _optional(self, "garp_master_delay", t.check_int, 0, MAX_SECONDS)
@@ -233,8 +267,54 @@ class VrrpInstance:
         _items(self, "unicast_peers", str, t.check_ip)
         _items(self, "virtual_ipaddresses", VirtualIPAddress)
         _items(self, "track_scripts", TrackScript)
+        _items(self, "track_files", TrackFileRef)
         for name in self.NOTIFY_FIELDS:
             _optional(self, name, t.check_script)
+        if not self.virtual_ipaddresses:
+            raise ValueError("VrrpInstance.virtual_ipaddresses: needs at least one address "
+                             "(keepalived refuses an instance without one)")
+        self._check_family()
+        if self.version is not None or self.family == 6:
+            self.check_version(None)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the address family of the instance (of its first virtual IP address)."""
+        return ipaddress.ip_address(self.virtual_ipaddresses[0].address.partition("/")[0]).version
+
+    def _check_family(self) -> None:
+        family = self.family
+        fields = [(f"virtual_ipaddresses[{i}].address", v.address.partition("/")[0])
+                  for i, v in enumerate(self.virtual_ipaddresses)]
+        if self.unicast_src_ip is not None:
+            fields.append(("unicast_src_ip", self.unicast_src_ip))
+        fields += [(f"unicast_peers[{i}]", p) for i, p in enumerate(self.unicast_peers)]
+        for name, address in fields:
+            if ipaddress.ip_address(address).version != family:
+                raise ValueError(f"VrrpInstance.{name}: {address} is not IPv{family} like the "
+                                 "first virtual IP address (one address family per instance)")
+
+    def vrrp_version(self, global_version: int | None) -> int:
+        """The VRRP version keepalived runs: ours, else 3 for IPv6, else global_defs', else 2."""
+        if self.version is not None:
+            return self.version
+        if self.family == 6:
+            return 3
+        return global_version or 2
+
+    def check_version(self, global_version: int | None) -> None:
+        """Settings that depend on the VRRP version (keepalived -t fails on each of these)."""
+        version = self.vrrp_version(global_version)
+        if version == 3 and self.authentication is not None:
+            raise ValueError("VrrpInstance.authentication: VRRP version 3 has no authentication; "
+                             "remove it or use version 2")
+        advert = self.advert_int
+        if advert is not None and version == 2 and advert != int(advert):
+            raise ValueError(f"VrrpInstance.advert_int: VRRP version 2 needs whole seconds, got "
+                             f"{advert}; use version 3 for fractions")
+        if advert is not None and version == 3 and advert > 40.95:
+            raise ValueError(f"VrrpInstance.advert_int: VRRP version 3 allows at most 40.95 "
+                             f"seconds, got {advert}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +452,8 @@ class Include:
         t.check_path(self.path, _where(self, "path"))
 
 
-Item = GlobalDefs | VrrpScript | VrrpInstance | VirtualServer | Include
-ITEM_TYPES = (GlobalDefs, VrrpScript, VrrpInstance, VirtualServer, Include)
+Item = GlobalDefs | VrrpScript | TrackFile | VrrpInstance | VirtualServer | Include
+ITEM_TYPES = (GlobalDefs, VrrpScript, TrackFile, VrrpInstance, VirtualServer, Include)
 
 
 @dataclass(frozen=True)
@@ -384,5 +464,10 @@ class Config:
 
     def __post_init__(self) -> None:
         _items(self, "items", ITEM_TYPES)
-        if sum(isinstance(item, GlobalDefs) for item in self.items) > 1:
+        globals_ = [item for item in self.items if isinstance(item, GlobalDefs)]
+        if len(globals_) > 1:
             raise ValueError("Config.items: at most one GlobalDefs block")
+        global_version = globals_[0].vrrp_version if globals_ else None
+        for item in self.items:
+            if isinstance(item, VrrpInstance):
+                item.check_version(global_version)

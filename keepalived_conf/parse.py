@@ -26,6 +26,8 @@ from keepalived_conf.model import (
     RealServer,
     SslGet,
     TcpCheck,
+    TrackFile,
+    TrackFileRef,
     TrackScript,
     VirtualIPAddress,
     VirtualServer,
@@ -199,16 +201,27 @@ def _build(cls: Callable[..., T], values: dict[str, Any], node: Node, what: str)
     try:
         return cls(**values)
     except ValueError as err:
-        raise ParseError(node.line, str(err)) from None
+        # Point at the directive holding the bad value when we know it.
+        field = str(err).partition(":")[0].partition(".")[2].partition("[")[0]
+        line = values.lines.get(field, node.line) if isinstance(values, _Values) else node.line
+        raise ParseError(line, str(err)) from None
+
+
+class _Values(dict[str, Any]):
+    """Field values read from a block, remembering the line each came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
 
 
 Handler = Callable[[Node], Any]
 
 
 def _fields(nodes: list[Node], what: str, handlers: dict[str, tuple[str, Handler]],
-            blocks: frozenset[str] = frozenset()) -> dict[str, Any]:
+            blocks: frozenset[str] = frozenset()) -> _Values:
     """Map each directive to a model field via ``handlers``: keyword -> (field, reader)."""
-    values: dict[str, Any] = {}
+    values = _Values()
     for node in nodes:
         if node.keyword not in handlers or node.words[0].quoted:
             raise ParseError(node.line, f"unknown keyword '{node.keyword}' in {what}")
@@ -218,6 +231,7 @@ def _fields(nodes: list[Node], what: str, handlers: dict[str, tuple[str, Handler
         if name in values:
             raise ParseError(node.line, f"'{node.keyword}' given twice in {what}")
         values[name] = reader(node)
+        values.lines[name] = node.line
     return values
 
 
@@ -278,6 +292,16 @@ def _vrrp_script(node: Node) -> VrrpScript:
     return _build(VrrpScript, values, node, "vrrp_script")
 
 
+def _track_file(node: Node) -> TrackFile:
+    values = _fields(_block(node), "track_file", {
+        "file": ("file", _one),
+        "weight": ("weight", _int),
+        "init_file": ("init_file", _int),
+    })
+    values["name"] = _one(node)
+    return _build(TrackFile, values, node, "track_file")
+
+
 def _entries(node: Node) -> list[Node]:
     entries = _block(node)
     for entry in entries:
@@ -330,6 +354,17 @@ def _track_scripts(node: Node) -> tuple[TrackScript, ...]:
     return tuple(tracks)
 
 
+def _track_file_refs(node: Node) -> tuple[TrackFileRef, ...]:
+    refs = []
+    for entry in _entries(node):
+        raw = _options(entry, {"weight": "weight"}, "track_file")
+        values: dict[str, Any] = {"name": raw.pop("")}
+        if "weight" in raw:
+            values["weight"] = _int(entry, raw["weight"])
+        refs.append(_build(TrackFileRef, values, entry, "track_file"))
+    return tuple(refs)
+
+
 def _authentication(node: Node) -> Authentication:
     _words(node, 0)
     values = _fields(_block(node), "authentication", {
@@ -355,10 +390,12 @@ def _vrrp_instance(node: Node) -> VrrpInstance:
         "unicast_peer": ("unicast_peers", _unicast_peers),
         "virtual_ipaddress": ("virtual_ipaddresses", _virtual_ipaddresses),
         "track_script": ("track_scripts", _track_scripts),
+        "track_file": ("track_files", _track_file_refs),
     }
     for name in VrrpInstance.NOTIFY_FIELDS:
         handlers[name] = (name, _one)
-    blocks = frozenset({"authentication", "unicast_peer", "virtual_ipaddress", "track_script"})
+    blocks = frozenset({"authentication", "unicast_peer", "virtual_ipaddress", "track_script",
+                        "track_file"})
     values = _fields(_block(node), "vrrp_instance", handlers, blocks)
     values["name"] = _one(node)
     return _build(VrrpInstance, values, node, "vrrp_instance")
@@ -436,6 +473,7 @@ def _include(node: Node) -> Include:
 _TOP: dict[str, Callable[[Node], Item]] = {
     "global_defs": _global_defs,
     "vrrp_script": _vrrp_script,
+    "track_file": _track_file,
     "vrrp_instance": _vrrp_instance,
     "virtual_server": _virtual_server,
     "include": _include,

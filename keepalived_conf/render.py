@@ -17,6 +17,7 @@ from keepalived_conf.model import (
     RealServer,
     SslGet,
     TcpCheck,
+    TrackFile,
     VirtualServer,
     VrrpInstance,
     VrrpScript,
@@ -120,6 +121,14 @@ def _vrrp_script(out: _Writer, s: VrrpScript) -> None:
     out.close()
 
 
+def _track_file(out: _Writer, f: TrackFile) -> None:
+    out.open("track_file", word(f.name))
+    out.script("file", f.file)
+    out.opt("weight", f.weight)
+    out.opt("init_file", f.init_file)
+    out.close()
+
+
 def _vrrp_instance(out: _Writer, v: VrrpInstance) -> None:
     out.open("vrrp_instance", word(v.name))
     out.opt("state", v.state)
@@ -157,6 +166,12 @@ def _vrrp_instance(out: _Writer, v: VrrpInstance) -> None:
         for track in v.track_scripts:
             extra = ["weight", word(track.weight)] if track.weight is not None else []
             out.line(word(track.name), *extra)
+        out.close()
+    if v.track_files:
+        out.open("track_file")
+        for ref in v.track_files:
+            extra = ["weight", word(ref.weight)] if ref.weight is not None else []
+            out.line(word(ref.name), *extra)
         out.close()
     for name in VrrpInstance.NOTIFY_FIELDS:
         out.script(name, getattr(v, name))
@@ -222,6 +237,8 @@ def render(config: Config, header: str | None = None) -> str:
             _global_defs(out, item)
         elif isinstance(item, VrrpScript):
             _vrrp_script(out, item)
+        elif isinstance(item, TrackFile):
+            _track_file(out, item)
         elif isinstance(item, VrrpInstance):
             _vrrp_instance(out, item)
         elif isinstance(item, VirtualServer):

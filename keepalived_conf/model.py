@@ -3,15 +3,16 @@
 Every value is checked when an object is built: a model that exists can be rendered, and what is
 rendered contains exactly the directives the model holds (see :mod:`keepalived_conf.tokens`).
 Optional settings default to ``None`` (or ``False`` / empty), meaning "not written; keepalived's
-default applies". Sequences may be given as lists; they are stored as tuples.
+default applies". Sequences may be given as any sequence (lists); they are stored as tuples, so
+objects compare and hash by value.
 Errors are ``ValueError("ClassName.field: what is wrong and how to fix it")``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from keepalived_conf import tokens as t
@@ -237,10 +238,10 @@ class VrrpInstance:
     garp_master_refresh: int | None = None
     authentication: Authentication | None = None
     unicast_src_ip: str | None = None
-    unicast_peers: tuple[str, ...] = ()
-    virtual_ipaddresses: tuple[VirtualIPAddress, ...] = ()
-    track_scripts: tuple[TrackScript, ...] = ()
-    track_files: tuple[TrackFileRef, ...] = ()
+    unicast_peers: Sequence[str] = ()
+    virtual_ipaddresses: Sequence[VirtualIPAddress] = ()
+    track_scripts: Sequence[TrackScript] = ()
+    track_files: Sequence[TrackFileRef] = ()
     notify_master: str | None = None
     notify_backup: str | None = None
     notify_fault: str | None = None
@@ -363,7 +364,7 @@ class HttpUrl:
 
 @dataclass(frozen=True, kw_only=True)
 class _HttpCheckBase(_CheckerBase):
-    urls: tuple[HttpUrl, ...] = ()
+    urls: Sequence[HttpUrl] = ()
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -422,7 +423,7 @@ class VirtualServer:
     quorum: int | None = None
     hysteresis: int | None = None
     alpha: bool = False
-    real_servers: tuple[RealServer, ...] = field(default=())
+    real_servers: Sequence[RealServer] = ()
 
     def __post_init__(self) -> None:
         t.check_ip(self.ip, _where(self, "ip"))
@@ -460,7 +461,7 @@ ITEM_TYPES = (GlobalDefs, VrrpScript, TrackFile, VrrpInstance, VirtualServer, In
 class Config:
     """A whole keepalived.conf: top-level blocks and includes, written in this order."""
 
-    items: tuple[Item, ...] = ()
+    items: Sequence[Item] = ()
 
     def __post_init__(self) -> None:
         _items(self, "items", ITEM_TYPES)

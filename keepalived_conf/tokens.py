@@ -35,9 +35,10 @@ PASSWORD_FORBIDDEN = frozenset("\"'\\{}#!$")
 #: Script commands are written in double quotes; spaces separate the program's arguments.
 SCRIPT_RE = re.compile(r"[ -~]+")
 SCRIPT_FORBIDDEN = frozenset("\"'\\{}#!$")
-#: Comment text (render header); a backslash could continue a line.
+#: Comment text (render header): inert to keepalived, but kept free of a line-continuing
+#: backslash, quotes and braces so that a plain count of braces still matches the blocks.
 COMMENT_RE = re.compile(r"[ -~]*")
-COMMENT_FORBIDDEN = frozenset("\\")
+COMMENT_FORBIDDEN = frozenset("\\\"{}")
 
 NAME_HELP = "use letters, digits and . _ : - (not starting with . : -)"
 
@@ -129,7 +130,7 @@ def check_comment(value: object, what: str) -> str:
         if len(line) > MAX_LINE - 2 or not COMMENT_RE.fullmatch(line):
             raise ValueError(f"{what}: {_shown(line)} is not allowed; use printable ASCII")
         if COMMENT_FORBIDDEN.intersection(line):
-            raise ValueError(f"{what}: must not contain a backslash")
+            raise ValueError(f"{what}: must not contain any of \\ \" {{ }}")
     return value
 
 

@@ -74,9 +74,10 @@ class Agent:
     async def _start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
-        if stop_leftover(self.run_dir):
+        # pyroute2's sockets run their own event loop: netlink work goes to a worker thread.
+        if await asyncio.to_thread(stop_leftover, self.run_dir):
             log.info("replaced the keepalived of a previous agent")
-        vip.remove_stale(self.config, self.facts.interfaces, self.netns)
+        await asyncio.to_thread(vip.remove_stale, self.config, self.facts.interfaces, self.netns)
         await self._start_mode()
         self._write_files()
         self.keepalived = Keepalived(
@@ -88,19 +89,21 @@ class Agent:
         self.source.start(self._on_update_threadsafe)
 
     async def _start_mode(self) -> None:
-        from ipvslb import dummy
-
         node = self.config.node
         vips = [v.ip for v in self.config.all_vips]
         if self.mode is Mode.VIRTUAL_SERVERS:
+            from ipvslb import dummy
+
             labels = {inst.address_label for inst in self.config.vrrp_instances}
-            dummy.ensure(node.dummy_interface, vips, label=labels.pop() if labels else None,
-                         netns=self.netns)
-            self._remove_ipvs_services()
+            await asyncio.to_thread(
+                dummy.ensure, node.dummy_interface, vips,
+                label=labels.pop() if labels else None, netns=self.netns)
+            await asyncio.to_thread(self._remove_ipvs_services)
             for inst in self.config.vrrp_instances:
                 vs_switch.point(self.run_dir, inst.index, master=False)
             return
-        dummy.remove(node.dummy_interface, netns=self.netns)
+        # left over from virtual-servers mode
+        await asyncio.to_thread(remove_dummy, self.config, self.netns)
         if self.mode is Mode.USERSPACE:
             from ipvslb import iptables
             from ipvslb.health import HealthChecker
@@ -115,7 +118,8 @@ class Agent:
                 fail_open=True)
             self.proxy.on_eject = self.backend_health.report_failure
             await self.backend_health.start()
-            iptables.install(
+            await asyncio.to_thread(
+                iptables.install,
                 [iptables.Redirect(str(v), node.api_server_port,
                                    self.config.user_space_proxy_bind_port) for v in vips],
                 netns=self.netns)
@@ -184,9 +188,10 @@ class Agent:
 
     async def _keepalived_died(self, code: int) -> None:
         """keepalived is gone: nothing may keep answering for the VIPs on this node."""
-        removed = vip.remove_stale(self.config, self.facts.interfaces, self.netns)
+        removed = await asyncio.to_thread(
+            vip.remove_stale, self.config, self.facts.interfaces, self.netns)
         if self.mode is Mode.VIRTUAL_SERVERS:
-            self._remove_ipvs_services()
+            await asyncio.to_thread(self._remove_ipvs_services)
             for inst in self.config.vrrp_instances:
                 vs_switch.point(self.run_dir, inst.index, master=False)
         log.warning("cleaned up after keepalived died", extra={"stale_vips_removed": removed})
@@ -211,14 +216,14 @@ class Agent:
             await self.keepalived.stop()
         if self.proxy is not None:
             await self.proxy.stop(grace=5.0)
-        cleanup(self.config, self.facts.interfaces, self.netns, keepalived_stopped=True)
+        await asyncio.to_thread(cleanup, self.config, self.facts.interfaces, self.netns, True)
         log.info("stopped; removed what ipvslb added")
 
 
 def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
             keepalived_stopped: bool = False) -> None:
     """Remove everything ipvslb adds on a node (also for `ipvslb down` after a crash)."""
-    from ipvslb import dummy, iptables
+    from ipvslb import iptables
 
     run_dir = Path(config.node.run_dir)
     if not keepalived_stopped:
@@ -229,7 +234,7 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
 
         port = config.node.api_server_port
         remove_services([(vs.ip_address, port) for vs in config.virtual_servers], netns=netns)
-    dummy.remove(config.node.dummy_interface, netns=netns)
+    remove_dummy(config, netns)
     iptables.remove(netns=netns)
     names = [kf.CONF, kf.HEALTH_FILE] + [
         n for i in range(len(config.vrrp_instances))
@@ -239,3 +244,13 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
             (run_dir / name).unlink()
     with contextlib.suppress(OSError):
         run_dir.rmdir()
+
+
+def remove_dummy(config: Config, netns: str | None = None) -> None:
+    """Remove ipvslb's dummy link when there is one (kernels without the driver have none)."""
+    from ipvslb import netinfo
+
+    if any(link.name == config.node.dummy_interface for link in netinfo.links(netns)):
+        from ipvslb import dummy
+
+        dummy.remove(config.node.dummy_interface, netns=netns)

@@ -23,7 +23,10 @@ LB_KINDS = ("NAT", "DR", "TUN")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 STATES = ("MASTER", "BACKUP")
 
-#: Upper bound we accept for the integer second settings keepalived reads as unsigned ints.
+#: Upper bound for second settings keepalived stores as microsecond timers in 32 bits
+#: (keepalived 2.2.7 -t: "outside range [0, 4294]").
+MAX_TIMER = 4294
+#: Upper bound we accept for other second settings (31 days).
 MAX_SECONDS = 86400 * 31
 #: persistence_timeout limit (31 days, same as ipvsadm and keepalived).
 MAX_PERSISTENCE = 2678400
@@ -104,9 +107,9 @@ class GlobalDefs:
     def __post_init__(self) -> None:
         _optional(self, "router_id", t.check_name)
         _optional(self, "vrrp_version", t.check_int, 2, 3)
-        _optional(self, "vrrp_garp_master_delay", t.check_int, 0, MAX_SECONDS)
+        _optional(self, "vrrp_garp_master_delay", t.check_int, 0, MAX_TIMER)
         _optional(self, "vrrp_garp_master_repeat", t.check_int, 1, 255)
-        _optional(self, "vrrp_garp_master_refresh", t.check_int, 0, MAX_SECONDS)
+        _optional(self, "vrrp_garp_master_refresh", t.check_int, 0, MAX_TIMER)
         t.check_bool(self.enable_script_security, _where(self, "enable_script_security"))
         _optional(self, "script_user", t.check_name)
         _optional(self, "script_group", t.check_name)
@@ -165,7 +168,7 @@ class TrackFile:
         t.check_name(self.name, _where(self, "name"))
         t.check_path(self.file, _where(self, "file"))
         _optional(self, "weight", t.check_int, -254, 254)
-        _optional(self, "init_file", t.check_int, -2147483647, 2147483647)
+        _optional(self, "init_file", t.check_int, -254, 254)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +264,8 @@ class VrrpInstance:
         # VRRPv3 adverts count centiseconds (0.01-40.95 s); VRRPv2 whole seconds (1-255).
         _optional(self, "advert_int", t.check_seconds, 0.01, 255, 2)
         t.check_bool(self.nopreempt, _where(self, "nopreempt"))
-        _optional(self, "garp_master_delay", t.check_int, 0, MAX_SECONDS)
-        _optional(self, "garp_master_refresh", t.check_int, 0, MAX_SECONDS)
+        _optional(self, "garp_master_delay", t.check_int, 0, MAX_TIMER)
+        _optional(self, "garp_master_refresh", t.check_int, 0, MAX_TIMER)
         _object(self, "authentication", Authentication)
         _optional(self, "unicast_src_ip", t.check_ip)
         _items(self, "unicast_peers", str, t.check_ip)
@@ -334,7 +337,7 @@ class _CheckerBase:
 
     def _check_common(self) -> None:
         _optional(self, "connect_port", t.check_int, 1, 65535)
-        _optional(self, "connect_timeout", t.check_seconds, 0.000001, MAX_SECONDS)
+        _optional(self, "connect_timeout", t.check_seconds, 0.000001, MAX_TIMER)
         _optional(self, "retry", t.check_int, 0, 65535)
         _optional(self, "delay_before_retry", t.check_seconds, 0, MAX_SECONDS)
         _optional(self, "warmup", t.check_seconds, 0, MAX_SECONDS)
@@ -416,10 +419,10 @@ class VirtualServer:
     ip: str
     port: int
     delay_loop: float | None = None
-    lb_algo: str | None = "rr"
-    lb_kind: str | None = "DR"
+    lb_algo: str = "rr"
+    lb_kind: str = "DR"
     persistence_timeout: int | None = None
-    protocol: str | None = "TCP"
+    protocol: str = "TCP"
     quorum: int | None = None
     hysteresis: int | None = None
     alpha: bool = False
@@ -429,14 +432,23 @@ class VirtualServer:
         t.check_ip(self.ip, _where(self, "ip"))
         t.check_int(self.port, _where(self, "port"), 1, 65535)
         _optional(self, "delay_loop", t.check_seconds, 0.000001, MAX_SECONDS)
-        _optional(self, "lb_algo", t.check_choice, LB_ALGOS)
-        _optional(self, "lb_kind", t.check_choice, LB_KINDS)
+        # keepalived -t warns (exit 5) when scheduler, forwarding method or protocol is unset.
+        t.check_choice(self.lb_algo, _where(self, "lb_algo"), LB_ALGOS)
+        t.check_choice(self.lb_kind, _where(self, "lb_kind"), LB_KINDS)
         _optional(self, "persistence_timeout", t.check_int, 1, MAX_PERSISTENCE)
-        _optional(self, "protocol", t.check_choice, PROTOCOLS)
+        t.check_choice(self.protocol, _where(self, "protocol"), PROTOCOLS)
         _optional(self, "quorum", t.check_int, 1, 2**31 - 1)
         _optional(self, "hysteresis", t.check_int, 0, 2**31 - 1)
         t.check_bool(self.alpha, _where(self, "alpha"))
         _items(self, "real_servers", RealServer)
+        if not self.real_servers:
+            raise ValueError("VirtualServer.real_servers: needs at least one real server "
+                             "(keepalived ignores a virtual server without one)")
+        for index, real in enumerate(self.real_servers):
+            if self.lb_kind in ("DR", "TUN") and real.port != self.port:
+                raise ValueError(
+                    f"VirtualServer.real_servers[{index}].port: {real.port} differs from the "
+                    f"virtual server's {self.port}; {self.lb_kind} forwarding keeps the port")
 
 
 # ---------------------------------------------------------------------------------------------

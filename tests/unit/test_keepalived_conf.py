@@ -241,16 +241,18 @@ def test_minimal_k0s_style_instance_round_trips() -> None:
 
 
 def test_absent_settings_stay_absent_through_a_round_trip() -> None:
-    """Defaults like lb_algo rr can be switched off (None): the parser must not re-add them."""
-    bare = VirtualServer("2001:db8::10", 443, lb_algo=None, lb_kind=None, protocol=None,
-                         real_servers=[RealServer("2001:db8::11", 443)])
+    """Settings with a default (state BACKUP) can be switched off: the parser must not re-add
+    them; settings keepalived insists on (lb_algo, lb_kind, protocol) cannot be dropped."""
+    bare = VirtualServer("2001:db8::10", 443, real_servers=[RealServer("2001:db8::11", 443)])
     instance = VrrpInstance("v6", "eth1", 7, 100, state=None,
                             virtual_ipaddresses=[VirtualIPAddress("2001:db8::10/64")])
     config = Config([GlobalDefs(), instance, bare])
     text = render(config)
-    assert "lb_algo" not in text and "state" not in text
+    assert "state" not in text and "delay_loop" not in text
     assert parse(text) == config
     assert parse("") == Config() and render(Config()) == ""
+    with pytest.raises(ParseError, match="VirtualServer.lb_algo"):
+        parse(text.replace("    lb_algo rr\n", ""))
 
 
 def test_lists_are_stored_as_tuples() -> None:
@@ -351,6 +353,14 @@ def test_numbers_are_written_minimally(value: float, text: str) -> None:
      "VirtualServer.persistence_timeout"),
     (lambda: VirtualServer("10.0.0.1", 1, delay_loop=0), "VirtualServer.delay_loop"),
     (lambda: VirtualServer("10.0.0.1", 1, delay_loop=0.0000001), "VirtualServer.delay_loop"),
+    (lambda: VirtualServer("10.0.0.1", 1, lb_kind=None), "VirtualServer.lb_kind"),  # type: ignore[arg-type]
+    (lambda: VirtualServer("10.0.0.1", 1, protocol=None), "VirtualServer.protocol"),  # type: ignore[arg-type]
+    (lambda: VirtualServer("10.0.0.1", 1), "VirtualServer.real_servers"),
+    (lambda: VirtualServer("10.0.0.1", 80, real_servers=[RealServer("10.0.0.2", 81)]),
+     "VirtualServer.real_servers[0].port"),
+    (lambda: VirtualServer("10.0.0.1", 80, lb_kind="TUN",
+                           real_servers=[RealServer("10.0.0.2", 80), RealServer("10.0.0.3", 8)]),
+     "VirtualServer.real_servers[1].port"),
     (lambda: RealServer("10.0.0.1", 70000), "RealServer.port"),
     (lambda: RealServer("10.0.0.1", 1, checker="TCP_CHECK"), "RealServer.checker"),  # type: ignore[arg-type]
     (lambda: TcpCheck(connect_timeout=-1), "TcpCheck.connect_timeout"),

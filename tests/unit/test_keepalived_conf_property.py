@@ -414,18 +414,19 @@ class Builder:
         return self.make(kind, urls=urls, **common)
 
     def virtual_server(self) -> Any:
+        port = self.number(1, 65535)
         reals = self.some(lambda: self.make(
-            RealServer, self.text("ip"), self.number(1, 65535),
+            RealServer, self.text("ip"), port if not self.bad() else self.number(1, 65535),
             weight=self.maybe(self.number, 0, 65535),
             inhibit_on_failure=self.draw(st.booleans()),
             checker=self.maybe(self.checker)), 3)
         return self.make(
-            VirtualServer, self.text("ip"), self.number(1, 65535),
+            VirtualServer, self.text("ip"), port,
             delay_loop=self.maybe(self.seconds, 0.000001, 600),
-            lb_algo=self.draw(st.sampled_from([None, "rr", "wlc"])) if not self.bad() else "RR",
-            lb_kind=self.draw(st.sampled_from([None, "DR", "NAT", "TUN"])),
+            lb_algo=self.draw(st.sampled_from(["rr", "wlc", "sh"])) if not self.bad() else "RR",
+            lb_kind=self.draw(st.sampled_from(["DR", "NAT", "TUN"])),
             persistence_timeout=self.maybe(self.number, 1, 2678400),
-            protocol=self.draw(st.sampled_from([None, "TCP", "UDP"])),
+            protocol=self.draw(st.sampled_from(["TCP", "UDP"])),
             quorum=self.maybe(self.number, 1, 100), hysteresis=self.maybe(self.number, 0, 100),
             alpha=self.draw(st.booleans()), real_servers=reals,
         )

@@ -182,6 +182,14 @@ def _block(node: Node) -> list[Node]:
     return node.children
 
 
+class _Values(dict[str, Any]):
+    """Field values read from a block, remembering the line each came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
+
+
 def _absent(f: dataclasses.Field[Any]) -> Any:
     if f.default is False:
         return False
@@ -205,14 +213,6 @@ def _build(cls: Callable[..., T], values: dict[str, Any], node: Node, what: str)
         field = str(err).partition(":")[0].partition(".")[2].partition("[")[0]
         line = values.lines.get(field, node.line) if isinstance(values, _Values) else node.line
         raise ParseError(line, str(err)) from None
-
-
-class _Values(dict[str, Any]):
-    """Field values read from a block, remembering the line each came from."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: dict[str, int] = {}
 
 
 Handler = Callable[[Node], Any]

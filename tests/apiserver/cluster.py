@@ -51,6 +51,9 @@ def missing_prerequisite() -> str | None:
     if os.geteuid() != 0:
         return "needs root to create a network namespace"
     if apiserver_binary() is None:
+        explicit = os.environ.get("IPVSLB_KUBE_APISERVER")
+        if explicit:
+            return f"IPVSLB_KUBE_APISERVER={explicit} is not an executable file"
         return "kube-apiserver is not built: run tests/apiserver/build (about 5 min, cached)"
     for tool in ("etcd", "openssl", "ip"):
         if shutil.which(tool) is None:

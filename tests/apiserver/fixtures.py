@@ -1,11 +1,13 @@
 """pytest fixtures: a real control plane (etcd + 1..3 kube-apiservers) and reconcilers on it.
 
 Import the fixtures into a conftest.py. Tests using them skip, with the reason, when the
-kube-apiserver is not built (tests/apiserver/build) or the host lacks etcd, openssl or root.
+kube-apiserver is not built (tests/apiserver/build) or the host lacks etcd, openssl or root;
+with IPVSLB_REQUIRE_APISERVER=1 (CI) they fail instead.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -70,6 +72,8 @@ def control_plane(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Start a real control plane: ``control_plane(apiservers=1, watch_cache=True, ...)``."""
     reason = missing_prerequisite()
     if reason:
+        if os.environ.get("IPVSLB_REQUIRE_APISERVER") == "1":
+            pytest.fail(f"real kube-apiserver tier required but {reason}")
         pytest.skip(f"real kube-apiserver tier: {reason}")
     started: list[Cluster] = []
 

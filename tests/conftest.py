@@ -1,8 +1,10 @@
 """Test tiers and shared fixtures.
 
-Tests marked ``kernel`` (and every test under tests/kernel/) need a kernel with IPVS and
-dummy links, which the development/CI machines do not have: they run inside the QEMU guest
+Tests under tests/kernel/ (all marked ``kernel``) need a kernel with IPVS and dummy links,
+which the development/CI machines do not have: they run inside the QEMU guest
 (``tests/vm/run``, which sets IPVSLB_IN_VM=1) and are skipped, saying so, everywhere else.
+The kernel tier collects only tests/kernel/ (importing every test module costs tens of
+seconds in the emulated guest), so a ``kernel`` mark anywhere else is a collection error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from tests.support.netlab import IN_VM, NetLab
 
 KERNEL_DIR = Path(__file__).parent / "kernel"
-KERNEL_TIER_COMMAND = "tests/vm/run .venv/bin/pytest -m kernel"
+KERNEL_TIER_COMMAND = "tests/vm/run .venv/bin/pytest -m kernel tests/kernel"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: tests/kernel/* get the marker first
@@ -26,9 +28,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason=f"needs IPVS/dummy (the QEMU guest kernel): run `{KERNEL_TIER_COMMAND}`"
     )
     for item in items:
-        if item.path.is_relative_to(KERNEL_DIR) and "kernel" not in item.keywords:
+        in_kernel_dir = item.path.is_relative_to(KERNEL_DIR)
+        if in_kernel_dir:
             item.add_marker(pytest.mark.kernel)
-        if not IN_VM and "kernel" in item.keywords:
+        elif item.get_closest_marker("kernel"):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked kernel but is not under tests/kernel/, "
+                "which is all the kernel tier collects: move it there"
+            )
+        if in_kernel_dir and not IN_VM:
             item.add_marker(skip)
 
 

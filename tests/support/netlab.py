@@ -144,9 +144,14 @@ class Netns:
         """``ip -n NAME ARGS...`` (iproute2 switches namespace itself: no extra exec)."""
         return run("ip", "-n", self.name, *args)
 
-    def sysctl(self, key: str, value: str | int) -> None:
-        """Set a per-namespace sysctl such as ``net.ipv4.ip_forward``."""
-        self.run("sysctl", "-q", "-w", f"{key}={value}")
+    def batch(self, commands: Sequence[str]) -> str:
+        """Run several ``ip`` commands (lines without the leading ``ip``) in this namespace
+        with one process (``ip -n NAME -batch -``): each process start is slow in the guest."""
+        return run("ip", "-n", self.name, "-batch", "-", input="".join(f"{c}\n" for c in commands))
+
+    def sysctl(self, **settings: str | int) -> None:
+        """Set per-namespace sysctls: ``sysctl(**{"net.ipv4.ip_forward": 1})``."""
+        self.run("sysctl", "-q", "-w", *(f"{key}={value}" for key, value in settings.items()))
 
     def call(self, fn: Callable[[], T], timeout: float = 30) -> T:
         """Run ``fn`` in this namespace, in-process (see :func:`call_in_netns`)."""
@@ -267,17 +272,26 @@ class NetLab:
 
     def netns(self, role: str) -> Netns:
         """A new namespace named ``ipvslb-<pid>-<n>-<role>``, with its loopback up."""
-        ns = Netns(f"ipvslb-{self.tag}-{role}")
-        run("ip", "netns", "add", ns.name)
-        self.namespaces.append(ns)
-        ns.ip("link", "set", "lo", "up")
+        (ns,) = self._create([role])
+        ns.batch(["link set lo up"])
         return ns
+
+    def _create(self, roles: Sequence[str]) -> list[Netns]:
+        """Create namespaces (loopback still down) with one ``ip`` process."""
+        created = [Netns(f"ipvslb-{self.tag}-{role}") for role in roles]
+        self.namespaces.extend(created)  # close() skips any that were not created
+        run("ip", "-batch", "-", input="".join(f"netns add {ns.name}\n" for ns in created))
+        return created
 
     def veth(self, a: Netns, a_ifname: str, b: Netns, b_ifname: str) -> None:
         """A veth pair from ``a`` (named ``a_ifname``) to ``b`` (``b_ifname``), both up."""
-        a.ip("link", "add", a_ifname, "type", "veth", "peer", "name", b_ifname, "netns", b.name)
-        a.ip("link", "set", a_ifname, "up")
-        b.ip("link", "set", b_ifname, "up")
+        a.batch(
+            [
+                f"link add {a_ifname} type veth peer name {b_ifname} netns {b.name}",
+                f"link set {a_ifname} up",
+            ]
+        )
+        b.batch([f"link set {b_ifname} up"])
 
     def lan(
         self,
@@ -289,25 +303,42 @@ class NetLab:
     ) -> Lan:
         """A bridged LAN joining ``members`` (namespaces, or roles to create namespaces for).
 
-        The bridge lives in its own namespace. Member ``i`` gets a link ``ifname`` with the
-        ``first_host + i``-th address of ``ipv4`` and of ``ipv6`` (IPv6 without duplicate
-        address detection, so it is usable at once).
+        The bridge ``br0`` lives in its own namespace. Member ``i`` gets a link ``ifname``
+        with the ``first_host + i``-th address of ``ipv4`` and of ``ipv6`` (IPv6 without
+        duplicate address detection, so it is usable at once).
         """
         net4 = ipaddress.IPv4Network(ipv4)
         net6 = ipaddress.IPv6Network(ipv6)
-        switch = self.netns(f"sw{next(self._count)}")
-        switch.ip("link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
-        switch.ip("link", "set", "br0", "up")
+        roles = [f"sw{next(self._count)}", *(m for m in members if isinstance(m, str))]
+        switch, *created = self._create(roles)
+        new = iter(created)
+        namespaces = [m if isinstance(m, Netns) else next(new) for m in members]
+
+        commands = [
+            "link set lo up",
+            "link add br0 type bridge stp_state 0 mcast_snooping 0",
+            "link set br0 up",
+        ]
+        for index, ns in enumerate(namespaces):
+            commands += [
+                f"link add p{index} type veth peer name {ifname} netns {ns.name}",
+                f"link set p{index} master br0",
+                f"link set p{index} up",
+            ]
+        switch.batch(commands)
+
         joined = []
-        for index, item in enumerate(members):
-            ns = item if isinstance(item, Netns) else self.netns(item)
-            port = f"p{index}"
-            self.veth(switch, port, ns, ifname)
-            switch.ip("link", "set", port, "master", "br0")
+        for index, ns in enumerate(namespaces):
             host4 = net4.network_address + first_host + index
             host6 = net6.network_address + first_host + index
-            ns.ip("addr", "add", f"{host4}/{net4.prefixlen}", "dev", ifname)
-            ns.ip("addr", "add", f"{host6}/{net6.prefixlen}", "dev", ifname, "nodad")
+            ns.batch(
+                (["link set lo up"] if ns in created else [])
+                + [
+                    f"link set {ifname} up",
+                    f"addr add {host4}/{net4.prefixlen} dev {ifname}",
+                    f"addr add {host6}/{net6.prefixlen} dev {ifname} nodad",
+                ]
+            )
             joined.append(Member(ns, ifname, str(host4), str(host6)))
         return Lan(switch, net4, net6, joined)
 
@@ -338,18 +369,29 @@ class NetLab:
         self.processes.append(proc)
         return proc
 
-    def name_server(self, netns: Netns, name: str, port: int, address: str = "::") -> Process:
-        """Start a TCP server in ``netns`` that answers each connection with ``name``, and
-        wait until it listens."""
+    def name_server(
+        self, netns: Netns, name: str, port: int, address: str = "::", wait: bool = True
+    ) -> Process:
+        """Start a TCP server in ``netns`` that answers each connection with ``name`` and a
+        newline (on ``address``; "::" is dual-stack), and wait until it listens unless
+        ``wait`` is false (then call :meth:`wait_ready` later: servers start in parallel)."""
         proc = self.start(
             [sys.executable, "-c", NAME_SERVER, name, str(port), address], netns, name=name
         )
-        wait_until(
-            lambda: "ready" in proc.output() or not proc.alive(), 20, what=f"{name} to listen"
-        )
-        if not proc.alive():
-            raise AssertionError(f"name server {name} exited: {proc.output()}")
+        if wait:
+            self.wait_ready(proc)
         return proc
+
+    @staticmethod
+    def wait_ready(proc: Process, timeout: float = 20) -> None:
+        """Wait until a process started by :meth:`name_server` prints "ready"."""
+        wait_until(
+            lambda: "ready" in proc.output() or not proc.alive(),
+            timeout,
+            what=f"{proc.log.stem} to print ready",
+        )
+        if "ready" not in proc.output():
+            raise AssertionError(f"{' '.join(proc.argv)} exited: {proc.output()}")
 
     def close(self) -> None:
         """Stop every process (newest first), then delete every namespace."""
@@ -360,12 +402,17 @@ class NetLab:
             except Exception as err:  # noqa: BLE001 - keep cleaning up, report at the end
                 errors.append(f"stopping {proc.argv}: {err}")
         self.processes.clear()
-        for ns in reversed(self.namespaces):
+        existing = [ns for ns in self.namespaces if os.path.exists(f"/run/netns/{ns.name}")]
+        if existing:
             done = subprocess.run(
-                ["ip", "netns", "delete", ns.name], capture_output=True, text=True, check=False
+                ["ip", "-force", "-batch", "-"],
+                input="".join(f"netns delete {ns.name}\n" for ns in reversed(existing)),
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if done.returncode != 0:
-                errors.append(f"deleting netns {ns.name}: {done.stderr.strip()}")
+                errors.append(f"deleting namespaces: {done.stderr.strip()}")
         self.namespaces.clear()
         if errors:
             raise RuntimeError("netlab clean-up failed: " + "; ".join(errors))

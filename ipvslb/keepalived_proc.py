@@ -46,10 +46,14 @@ def pid_from_file(path: Path) -> int | None:
 
 
 def is_keepalived(pid: int) -> bool:
+    """Whether ``pid`` is a running keepalived (a zombie, dead but not yet reaped, is not)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "keepalived"
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
+    comm = stat[stat.find("(") + 1:stat.rfind(")")]
+    state = stat[stat.rfind(")") + 2:].split()[:1]
+    return comm == "keepalived" and state not in (["Z"], ["X"])
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -92,6 +96,22 @@ def kill_children(run_dir: Path) -> None:
         if pid and is_keepalived(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def clear_pid_files(run_dir: Path, timeout: float = 2.0) -> None:
+    """Remove the pid files of keepalived processes that are gone, waiting (bounded) for them.
+
+    A killed keepalived's children are reparented to init and stay zombies until init reaps
+    them; keepalived counts a zombie named in its pid file as "daemon is already running" and
+    exits, so a respawn would fail until then.
+    """
+    pids = [p for name in PID_FILES if (p := pid_from_file(run_dir / name))]
+    wait_gone(pids, timeout)
+    for name in PID_FILES:
+        pid = pid_from_file(run_dir / name)
+        if pid is not None and not is_keepalived(pid):
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
 
 
 class Keepalived:
@@ -142,6 +162,7 @@ class Keepalived:
     async def _run_once(self) -> None:
         """Run keepalived until it exits; raise when that was not asked for."""
         loop = asyncio.get_running_loop()
+        await asyncio.to_thread(clear_pid_files, self.run_dir)
         began = loop.time()
         self.process = await asyncio.create_subprocess_exec(
             *self.command(), stdin=asyncio.subprocess.DEVNULL,

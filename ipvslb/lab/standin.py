@@ -46,6 +46,7 @@ def serve(name: str, port: int, cert_dir: Path, address: str = "::") -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 10  # a client that stalls (e.g. cut off by a failover) frees its thread
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             body = b"ok" if self.path in ("/readyz", "/healthz", "/livez") else body_name
@@ -62,7 +63,10 @@ def serve(name: str, port: int, cert_dir: Path, address: str = "::") -> None:
     server = server_cls((address, port), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    # The TLS handshake runs in each connection's own thread (on its first read), not in
+    # accept(): one client that connects and then goes silent must not stall every other one.
+    server.socket = context.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
     print("ready", flush=True)
     server.serve_forever()
 

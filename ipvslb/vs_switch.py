@@ -11,6 +11,7 @@ each switching on its own state. keepalived calls ``ipvslb notify`` on every sta
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 from pathlib import Path
@@ -34,9 +35,29 @@ def state_file(run_dir: Path, index: int) -> Path:
 
 def read_state(run_dir: Path, index: int) -> str | None:
     try:
-        return state_file(run_dir, index).read_text().strip() or None
+        words = state_file(run_dir, index).read_text().split()
     except FileNotFoundError:
         return None
+    return words[0] if words else None
+
+
+def _recorded_sequence(run_dir: Path, index: int) -> tuple[int, int] | None:
+    try:
+        words = state_file(run_dir, index).read_text().split()
+        return int(words[1]), int(words[2])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def this_process_sequence() -> tuple[int, int]:
+    """When keepalived forked this process: (start time in clock ticks after boot, pid).
+
+    keepalived forks one notify process per state change, in the order of the changes, but
+    they run concurrently and a slower one can finish last (two changes 0.2 s apart at start:
+    BACKUP then MASTER). This orders them; the pid breaks ties within one clock tick.
+    """
+    stat = Path("/proc/self/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[19]), os.getpid()
 
 
 def point(run_dir: Path, index: int, master: bool) -> bool:
@@ -57,22 +78,35 @@ def point(run_dir: Path, index: int, master: bool) -> bool:
     return True
 
 
-def on_state(run_dir: Path, name: str, state: str) -> bool:
+def on_state(run_dir: Path, name: str, state: str,
+             sequence: tuple[int, int] | None = None) -> bool:
     """Record the state of instance ``name``; switch its virtual servers; reload if needed.
 
-    Returns True when keepalived was asked to reload.
+    Notifications are applied one at a time (a lock on the run directory), and one older than the
+    last applied (``sequence``, default :func:`this_process_sequence`) is dropped: a late
+    BACKUP must not undo the MASTER that followed it. Returns True when keepalived was asked
+    to reload.
     """
     index = instance_index(name)
     if index is None:
         return False
-    tmp = state_file(run_dir, index).with_suffix(".tmp")
-    tmp.write_text(state + "\n")
-    os.replace(tmp, state_file(run_dir, index))
-    if not (run_dir / vs_file(index)).exists():
+    sequence = sequence or this_process_sequence()
+    lock = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        last = _recorded_sequence(run_dir, index)
+        if last is not None and sequence < last:
+            return False
+        tmp = state_file(run_dir, index).with_suffix(".tmp")
+        tmp.write_text(f"{state} {sequence[0]} {sequence[1]}\n")
+        os.replace(tmp, state_file(run_dir, index))
+        if not (run_dir / vs_file(index)).exists():
+            return False
+        if point(run_dir, index, state == "MASTER"):
+            return reload_keepalived(run_dir)
         return False
-    if point(run_dir, index, state == "MASTER"):
-        return reload_keepalived(run_dir)
-    return False
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def reload_keepalived(run_dir: Path) -> bool:

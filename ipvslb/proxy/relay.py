@@ -96,13 +96,16 @@ class Half:
         loop.add_reader(self.sfd, self.on_readable)
 
     def _eof(self) -> None:
-        self.conn.loop.remove_reader(self.sfd)
+        conn = self.conn
+        conn.loop.remove_reader(self.sfd)
         self.done = True
+        if conn.up.done and conn.down.done:
+            conn.close()  # the close sends the last FIN: no shutdown needed
+            return
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self.conn.half_done()
 
     def on_readable(self) -> None:
         raise NotImplementedError
@@ -244,12 +247,12 @@ class Connection:
         self.closed = False
         self.up = engine(self, client, backend)
         self.down = engine(self, backend, client)
-        loop.add_reader(self.up.sfd, self.up.on_readable)
-        loop.add_reader(self.down.sfd, self.down.on_readable)
 
-    def half_done(self) -> None:
-        if self.up.done and self.down.done:
-            self.close()
+    def start(self) -> None:
+        """Relay from now on; the client has usually sent its first bytes already: read them."""
+        self.loop.add_reader(self.up.sfd, self.up.on_readable)
+        self.loop.add_reader(self.down.sfd, self.down.on_readable)
+        self.up.on_readable()
 
     def abort(self) -> None:
         """Close both sides at once, resetting them so that neither peer mistakes it for EOF."""

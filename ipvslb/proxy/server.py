@@ -295,6 +295,13 @@ class Proxy:
                 self._dial_done(dial, sock, state)
                 return
             if code == errno.EINPROGRESS:
+                try:
+                    sock.getpeername()  # a local backend is connected at once: skip the wait
+                except OSError:
+                    pass
+                else:
+                    self._dial_done(dial, sock, state)
+                    return
                 dial.sock = sock
                 dial.state = state
                 loop.add_writer(sock.fileno(), self._on_connected, dial)
@@ -371,6 +378,7 @@ class Proxy:
         state.connections.add(conn)
         if state.removed and state.drain_timer is None and self.drain_limit is not None:
             state.drain_timer = self._loop.call_later(self.drain_limit, self._drain, state)
+        conn.start()
 
     # -- closing -----------------------------------------------------------------------------
     def _on_close(self, conn: Connection) -> None:

@@ -192,8 +192,11 @@ def idle(targets: list[tuple[str, int]], conns: int) -> None:
     socks = []
     failed = 0
     for i in range(conns):
+        if failed >= 3:
+            break  # the proxy's connection limit: stop here, report what was held
         try:
             s = _connect(targets[i % len(targets)])
+            s.settimeout(1.0)
             s.sendall(MSG)
             got = 0
             while got < 64:

@@ -1,6 +1,44 @@
 """The IPVS layer: typed model, netlink client, reader, ipvsadm-identical formatter, applier.
 
-Nothing here imports pyroute2: `ipvslb show` must start fast.
+Nothing here imports pyroute2: `ipvslb show` must start fast. The functions below are what
+the agent calls; the modules hold the rest (model, netlink, read, apply, format).
 """
 
 from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import Iterable
+
+
+def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = None,
+                    protocol: str = "tcp") -> int:
+    """Delete the services ADDRESS:PORT (``targets``: (address, port) pairs) if present.
+
+    Returns how many were deleted. Does nothing (returns 0) when IPVS is not loaded; never
+    loads it. Other services are left alone.
+    """
+    from ipvslb.errors import SystemStateError
+    from ipvslb.ipvs.model import AF_INET, AF_INET6, SCTP, TCP, UDP, Service
+    from ipvslb.ipvs.netlink import IPVS
+    from ipvslb.ipvs.nlsock import NetlinkError
+
+    proto = {"tcp": TCP, "udp": UDP, "sctp": SCTP}[protocol.lower()]
+    try:
+        ipvs = IPVS(netns, load=False)
+    except SystemStateError:
+        return 0
+    removed = 0
+    with ipvs:
+        for address, port in targets:
+            ip = ipaddress.ip_address(str(address))
+            key = Service(AF_INET6 if ip.version == 6 else AF_INET, proto, ip.compressed, port)
+            try:
+                ipvs.delete_service(key)
+            except NetlinkError as err:
+                if err.errno == errno.ESRCH:
+                    continue
+                raise SystemStateError(f"IPVS: cannot delete {key.describe()}: "
+                                       f"{err.strerror}") from None
+            removed += 1
+    return removed

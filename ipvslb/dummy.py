@@ -1,0 +1,428 @@
+"""The dummy link (``dummyvip0``) that makes every VIP a local address of the node.
+
+In IPVS direct-routing mode every control-plane node holds every VIP on a dummy link, as
+/32 (IPv6: /128): the VRRP master so IPVS sees packets for VIP:port arriving on it, the
+others so they accept the packets the master forwards to them unchanged (DR rewrites only
+the MAC address). kube-proxy does the same with ``kube-ipvs0``.
+
+- ``ensure`` is idempotent: an address already there is left alone (k0s deletes and re-adds
+  every address on every restart); only missing ones are added and foreign ones removed.
+- A link of that name that is not a dummy is never touched: SystemStateError.
+- The link stays DOWN, like kube-ipvs0: the kernel still treats the addresses as local
+  (IPv4 adds the local route at once; a dummy never runs duplicate address detection, so
+  IPv6 addresses are usable at once too), while a down link never sends anything, gets no
+  IPv6 link-local address and carries no routes, so the VIPs are never picked for outgoing
+  traffic. (Verified in the kernel tier: DR traffic to IPv4 and IPv6 VIPs works.)
+- IPv6 VIPs get an RFC 6724 address label (``ip addrlabel add prefix VIP/128 label N``,
+  default 10000, as k0s) so source address selection does not pick the VIP for
+  connections to other hosts.
+- Because the VIP is local on every node, nodes must not answer ARP for it on their real
+  interfaces (else a backup could attract VIP traffic): ``ensure`` sets the ARP sysctls in
+  :data:`OWNED_SYSCTLS`. :data:`DR_SYSCTLS` lists everything an IPVS DR director needs.
+
+All of this speaks rtnetlink directly (no pyroute2): it runs on every agent start and in
+the test guest, where importing pyroute2 alone costs seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ipvslb import logfmt, sysctl
+from ipvslb.errors import SystemStateError, UserError
+from ipvslb.ipvs.nlsock import (
+    NETLINK_ROUTE,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NetlinkError,
+    NetlinkSocket,
+)
+
+log = logfmt.get("dummy")
+
+DEFAULT_NAME = "dummyvip0"
+DEFAULT_LABEL = 10000
+RESERVED_LABEL = 0xFFFFFFFF
+
+# sysctls ipvslb sets when it manages the dummy link (IPVS DR mode)
+OWNED_SYSCTLS: dict[str, str] = {
+    # answer ARP only for addresses configured on the interface the request came in on:
+    # the VIP sits on the dummy link, so only the VRRP master (which also holds it on its
+    # real interface) answers for it
+    "net.ipv4.conf.all.arp_ignore": "1",
+    # never use a VIP as the source address of ARP requests
+    "net.ipv4.conf.all.arp_announce": "2",
+}
+# per-namespace IPVS sysctls ipvslb sets (they exist once ip_vs is loaded)
+OWNED_IPVS_SYSCTLS: dict[str, str] = {
+    # drop connections whose real server was deleted, so their clients reconnect at once
+    "net.ipv4.vs.expire_nodest_conn": "1",
+    # let persistence templates of a drained (weight 0) real server expire, so persistent
+    # clients move to another server instead of sticking to a leaving one
+    "net.ipv4.vs.expire_quiescent_template": "1",
+}
+
+
+@dataclass(frozen=True)
+class SysctlAdvice:
+    key: str
+    value: str
+    owned: bool
+    why: str
+
+
+DR_SYSCTLS: tuple[SysctlAdvice, ...] = (
+    SysctlAdvice("net.ipv4.conf.all.arp_ignore", "1", True,
+                 "reply to ARP only for addresses on the receiving interface; without it "
+                 "every node answers ARP for the VIP it holds on the dummy link"),
+    SysctlAdvice("net.ipv4.conf.all.arp_announce", "2", True,
+                 "never use the VIP as the source of ARP requests"),
+    SysctlAdvice("net.ipv4.vs.expire_nodest_conn", "1", True,
+                 "drop connections to a deleted real server at once so clients reconnect"),
+    SysctlAdvice("net.ipv4.vs.expire_quiescent_template", "1", True,
+                 "persistent clients leave a drained (weight 0) real server"),
+    SysctlAdvice("net.ipv4.vs.conntrack", "1", False,
+                 "only if the node's firewall must see IPVS traffic in conntrack (as "
+                 "kube-proxy needs); DR itself does not need it"),
+    SysctlAdvice("net.ipv4.ip_forward", "0 or 1", False,
+                 "not needed for DR (IPVS forwards locally received packets); NAT directors "
+                 "need 1"),
+)
+
+# rtnetlink
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWADDRLABEL, RTM_DELADDRLABEL, RTM_GETADDRLABEL = 72, 73, 74
+IFLA_IFNAME = 3
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 6, 8
+IFA_F_NODAD = 0x02
+IFAL_ADDRESS, IFAL_LABEL = 1, 2
+IFF_UP = 0x1
+RT_SCOPE_LINK = 253
+
+_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_IFADDRLBL = struct.Struct("=BxBBII")  # family, prefixlen, flags, index, seq
+_NLA = struct.Struct("=HH")
+_CACHEINFO = struct.Struct("=IIII")  # prefered, valid, cstamp, tstamp
+
+
+def _attr(atype: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return _NLA.pack(n, atype) + payload + b"\0" * ((-n) & 3)
+
+
+def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    out: dict[int, tuple[int, int]] = {}
+    while start + 4 <= end:
+        length, atype = _NLA.unpack_from(data, start)
+        if length < 4:
+            break
+        out[atype & 0x3FFF] = (start + 4, start + length)
+        start += (length + 3) & ~3
+    return out
+
+
+class Link(NamedTuple):
+    ifindex: int
+    name: str
+    kind: str  # "" for links without IFLA_LINKINFO (physical NICs, lo)
+    up: bool
+
+
+class Address(NamedTuple):
+    family: int
+    address: str
+    prefixlen: int
+    scope: int
+    created: int  # IFA_CACHEINFO cstamp (hundredths of a second since boot); 0 if unknown
+
+
+@dataclass
+class EnsureResult:
+    created: bool = False
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    labels_set: list[str] = field(default_factory=list)
+    sysctls_set: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.added or self.removed or self.labels_set
+                     or self.sysctls_set)
+
+
+class Rtnl:
+    """The few rtnetlink requests the dummy link needs."""
+
+    def __init__(self, netns: str | None = None, timeout: float = 5.0) -> None:
+        self.nl = NetlinkSocket(NETLINK_ROUTE, netns, timeout)
+
+    def close(self) -> None:
+        self.nl.close()
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def link(self, name: str) -> Link | None:
+        payload = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME,
+                                                                      name.encode() + b"\0")
+        try:
+            replies = self.nl.request(RTM_GETLINK, payload)
+        except NetlinkError as err:
+            if err.errno in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        for msg in replies:
+            _fam, _type, index, flags, _change = _IFINFO.unpack_from(msg.data, msg.start)
+            a = _attrs(msg.data, msg.start + _IFINFO.size, msg.end)
+            kind = ""
+            if IFLA_LINKINFO in a:
+                info = _attrs(msg.data, *a[IFLA_LINKINFO])
+                if IFLA_INFO_KIND in info:
+                    s, e = info[IFLA_INFO_KIND]
+                    kind = msg.data[s:e].split(b"\0", 1)[0].decode()
+            s, e = a[IFLA_IFNAME]
+            return Link(index, msg.data[s:e].split(b"\0", 1)[0].decode(), kind,
+                        bool(flags & IFF_UP))
+        return None
+
+    def add_dummy(self, name: str) -> None:
+        payload = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+                   + _attr(IFLA_IFNAME, name.encode() + b"\0")
+                   + _attr(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, b"dummy\0")))
+        self.nl.request(RTM_NEWLINK, payload, NLM_F_CREATE | NLM_F_EXCL)
+
+    def set_up(self, index: int, up: bool) -> None:
+        self.nl.request(RTM_NEWLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, index,
+                                                  IFF_UP if up else 0, IFF_UP))
+
+    def delete_link(self, index: int) -> None:
+        self.nl.request(RTM_DELLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+
+    def addresses(self, index: int) -> list[Address]:
+        out = []
+        for msg in self.nl.request(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, 0), NLM_F_DUMP):
+            family, prefixlen, _flags, scope, idx = _IFADDR.unpack_from(msg.data, msg.start)
+            if idx != index or family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            a = _attrs(msg.data, msg.start + _IFADDR.size, msg.end)
+            span = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
+            if span is None:
+                continue
+            size = 4 if family == socket.AF_INET else 16
+            address = socket.inet_ntop(family, msg.data[span[0]:span[0] + size])
+            created = 0
+            if IFA_CACHEINFO in a:
+                created = _CACHEINFO.unpack_from(msg.data, a[IFA_CACHEINFO][0])[2]
+            out.append(Address(family, address, prefixlen, scope, created))
+        return out
+
+    def _addr_payload(self, index: int, family: int, address: str, prefixlen: int,
+                      flags: int = 0) -> bytes:
+        raw = socket.inet_pton(family, address)
+        payload = (_IFADDR.pack(family, prefixlen, flags & 0xFF, 0, index)
+                   + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
+        if flags:
+            payload += _attr(IFA_FLAGS, struct.pack("=I", flags))
+        return payload
+
+    def add_address(self, index: int, family: int, address: str, prefixlen: int) -> None:
+        flags = IFA_F_NODAD if family == socket.AF_INET6 else 0
+        self.nl.request(RTM_NEWADDR, self._addr_payload(index, family, address, prefixlen,
+                                                        flags), NLM_F_CREATE | NLM_F_EXCL)
+
+    def delete_address(self, index: int, family: int, address: str, prefixlen: int) -> None:
+        self.nl.request(RTM_DELADDR, self._addr_payload(index, family, address, prefixlen))
+
+    def labels(self) -> dict[tuple[str, int], int]:
+        """Global (ifindex 0) IPv6 address labels: (prefix, length) -> label."""
+        out = {}
+        for msg in self.nl.request(RTM_GETADDRLABEL, _IFADDRLBL.pack(socket.AF_INET6, 0, 0, 0,
+                                                                     0), NLM_F_DUMP):
+            _fam, prefixlen, _flags, index, _seq = _IFADDRLBL.unpack_from(msg.data, msg.start)
+            a = _attrs(msg.data, msg.start + _IFADDRLBL.size, msg.end)
+            if index or IFAL_ADDRESS not in a or IFAL_LABEL not in a:
+                continue
+            s = a[IFAL_ADDRESS][0]
+            prefix = socket.inet_ntop(socket.AF_INET6, msg.data[s:s + 16])
+            out[(prefix, prefixlen)] = struct.unpack_from("=I", msg.data, a[IFAL_LABEL][0])[0]
+        return out
+
+    def _label_payload(self, address: str, label: int) -> bytes:
+        return (_IFADDRLBL.pack(socket.AF_INET6, 128, 0, 0, 0)
+                + _attr(IFAL_ADDRESS, socket.inet_pton(socket.AF_INET6, address))
+                + _attr(IFAL_LABEL, struct.pack("=I", label)))
+
+    def set_label(self, address: str, label: int) -> None:
+        self.nl.request(RTM_NEWADDRLABEL, self._label_payload(address, label),
+                        NLM_F_CREATE | NLM_F_REPLACE)
+
+    def delete_label(self, address: str) -> None:
+        self.nl.request(RTM_DELADDRLABEL, self._label_payload(address, 0))
+
+
+def _check_name(name: str) -> None:
+    if not 1 <= len(name.encode()) <= 15 or any(c in name for c in "/: \t\n") \
+            or name in (".", ".."):
+        raise UserError(f"dummy interface name {name!r} is not a valid link name "
+                        "(1-15 characters, no '/', ':' or blanks)")
+
+
+def _vips(vips: Iterable[object]) -> dict[tuple[int, str], int]:
+    out: dict[tuple[int, str], int] = {}
+    for vip in vips:
+        text = str(vip).split("/")[0]
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise UserError(f"dummy: {vip!r} is not an IP address") from None
+        if ip.version == 6:
+            out[(socket.AF_INET6, ip.compressed)] = 128
+        else:
+            out[(socket.AF_INET, ip.compressed)] = 32
+    return out
+
+
+def _explain(err: NetlinkError, name: str, what: str) -> SystemStateError:
+    if err.errno == errno.EPERM:
+        return SystemStateError(f"{name}: {what}: permission denied (needs root)")
+    if err.errno == errno.EOPNOTSUPP and what == "create":
+        return SystemStateError(f"{name}: this kernel has no dummy links (module dummy not "
+                                "found); use a kernel with CONFIG_DUMMY")
+    return SystemStateError(f"{name}: {what}: {err.strerror}")
+
+
+def ensure(name: str, vips: Iterable[object], label: int | None = None,
+           netns: str | None = None, up: bool = False, sysctls: bool = True,
+           ipvs_sysctls: bool = True) -> EnsureResult:
+    """Make ``name`` a dummy link holding exactly ``vips`` (/32, /128); idempotent.
+
+    ``label``: RFC 6724 label for the IPv6 VIPs (None: 10000). ``up``: keep the link up
+    (default: down, see the module doc). ``sysctls``: set :data:`OWNED_SYSCTLS`;
+    ``ipvs_sysctls``: also :data:`OWNED_IPVS_SYSCTLS` (loads ip_vs if needed).
+    """
+    _check_name(name)
+    label = DEFAULT_LABEL if label is None else label
+    if not 0 <= label < RESERVED_LABEL:
+        raise UserError(f"address label {label} is out of range (0..4294967294)")
+    wanted = _vips(vips)
+    result = EnsureResult()
+    with Rtnl(netns) as rt:
+        link = rt.link(name)
+        if link is None:
+            try:
+                rt.add_dummy(name)
+            except NetlinkError as err:
+                if err.errno != errno.EEXIST:  # created meanwhile by someone else: check below
+                    raise _explain(err, name, "create") from None
+            else:
+                result.created = True
+            link = rt.link(name)
+            if link is None:
+                raise SystemStateError(f"{name}: created but not found")
+        if link.kind != "dummy":
+            raise SystemStateError(
+                f"{name} exists and is not a dummy link (kind: {link.kind or 'none'}); "
+                "ipvslb never changes foreign links: remove or rename it, or choose another "
+                "name (node.dummyInterface)")
+        try:
+            if link.up != up:
+                rt.set_up(link.ifindex, up)
+            have = rt.addresses(link.ifindex)
+            keep: set[tuple[int, str]] = set()
+            for addr in have:
+                if addr.family == socket.AF_INET6 and addr.scope == RT_SCOPE_LINK:
+                    continue  # the kernel's own link-local address when the link is up
+                key = (addr.family, addr.address)
+                if wanted.get(key) == addr.prefixlen:
+                    keep.add(key)
+                    continue
+                rt.delete_address(link.ifindex, addr.family, addr.address, addr.prefixlen)
+                result.removed.append(f"{addr.address}/{addr.prefixlen}")
+            for (family, address), prefixlen in wanted.items():
+                if (family, address) not in keep:
+                    rt.add_address(link.ifindex, family, address, prefixlen)
+                    result.added.append(f"{address}/{prefixlen}")
+            v6 = [a for (f, a) in wanted if f == socket.AF_INET6]
+            gone6 = [r.split("/")[0] for r in result.removed if ":" in r]
+            if v6 or gone6:
+                labels = rt.labels()
+                for address in v6:
+                    if labels.get((address, 128)) != label:
+                        rt.set_label(address, label)
+                        result.labels_set.append(address)
+                for address in gone6:
+                    if (address, 128) in labels and (socket.AF_INET6, address) not in wanted:
+                        rt.delete_label(address)
+        except NetlinkError as err:
+            raise _explain(err, name, "configure") from None
+    if sysctls:
+        result.sysctls_set += sysctl.ensure(OWNED_SYSCTLS, netns)
+    if ipvs_sysctls:
+        result.sysctls_set += set_ipvs_sysctls(netns)
+    if result.changed:
+        log.info("dummy link ensured", extra={
+            "link": name, "created": result.created, "added": ",".join(result.added),
+            "removed": ",".join(result.removed), "netns": netns or ""})
+    return result
+
+
+def set_ipvs_sysctls(netns: str | None = None) -> list[str]:
+    """Set :data:`OWNED_IPVS_SYSCTLS` (loading ip_vs first if needed); return those changed."""
+    from ipvslb.ipvs.netlink import IPVS
+
+    IPVS(netns).close()  # loads ip_vs, or raises SystemStateError if the kernel has none
+    return sysctl.ensure(OWNED_IPVS_SYSCTLS, netns)
+
+
+def addresses(name: str, netns: str | None = None) -> list[Address]:
+    """The addresses on link ``name`` ([] if there is no such link)."""
+    with Rtnl(netns) as rt:
+        link = rt.link(name)
+        return rt.addresses(link.ifindex) if link else []
+
+
+def remove(name: str, netns: str | None = None) -> bool:
+    """Delete dummy link ``name`` and the address labels of its IPv6 addresses.
+
+    Returns False if there was no such link. A link of that name that is not a dummy is
+    left alone (logged, returns False): cleanup must not destroy someone else's link.
+    """
+    _check_name(name)
+    with Rtnl(netns) as rt:
+        link = rt.link(name)
+        if link is None:
+            return False
+        if link.kind != "dummy":
+            log.warning("not removing a link that is not a dummy",
+                        extra={"link": name, "kind": link.kind or "none"})
+            return False
+        try:
+            v6 = [a.address for a in rt.addresses(link.ifindex)
+                  if a.family == socket.AF_INET6 and a.prefixlen == 128]
+            if v6:
+                labels = rt.labels()
+                for address in v6:
+                    if (address, 128) in labels:
+                        rt.delete_label(address)
+            rt.delete_link(link.ifindex)
+        except NetlinkError as err:
+            if err.errno == errno.ENODEV:
+                return False
+            raise _explain(err, name, "remove") from None
+    log.info("dummy link removed", extra={"link": name, "netns": netns or ""})
+    return True

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from ipvslb.endpoints.kube import KubeEndpointSource, KubeSourceSettings
+from ipvslb.endpoints.kube import KubernetesSource, KubeSourceSettings
 from ipvslb.endpoints.source import Backend
 from tests.apiserver.cluster import wait_until, write_kubeconfig
 from tests.apiserver.fixtures import Updates
@@ -104,17 +104,17 @@ class FakeApiserver(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def follow(tmp_path: Path) -> Iterator[Callable[..., tuple[FakeApiserver, KubeEndpointSource,
+def follow(tmp_path: Path) -> Iterator[Callable[..., tuple[FakeApiserver, KubernetesSource,
                                                          Updates]]]:
-    started: list[tuple[FakeApiserver, KubeEndpointSource]] = []
+    started: list[tuple[FakeApiserver, KubernetesSource]] = []
 
     def start(scripts: list[Callable[[Handler], None]]) -> tuple[FakeApiserver,
-                                                                 KubeEndpointSource, Updates]:
+                                                                 KubernetesSource, Updates]:
         server = FakeApiserver(scripts)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig",
                                       f"http://127.0.0.1:{server.server_address[1]}", None, "t")
-        source = KubeEndpointSource(KubeSourceSettings(
+        source = KubernetesSource(KubeSourceSettings(
             kubeconfig=str(kubeconfig), retry_interval=0.2, watch_timeout=30,
         ))
         updates = Updates()
@@ -151,7 +151,7 @@ def then_more(handler: Handler) -> None:
     b'["a", "list"]\n',
 ], ids=["not-json", "object-not-a-mapping", "unknown-type", "not-an-event"])
 def test_garbage_in_the_watch_resumes_from_the_last_good_version(
-    follow: Callable[..., tuple[FakeApiserver, KubeEndpointSource, Updates]],
+    follow: Callable[..., tuple[FakeApiserver, KubernetesSource, Updates]],
     caplog: pytest.LogCaptureFixture, garbage: bytes,
 ) -> None:
     def good_then_garbage(handler: Handler) -> None:
@@ -176,7 +176,7 @@ def test_garbage_in_the_watch_resumes_from_the_last_good_version(
 
 
 def test_connection_cut_mid_chunk_resumes_from_the_last_good_version(
-    follow: Callable[..., tuple[FakeApiserver, KubeEndpointSource, Updates]],
+    follow: Callable[..., tuple[FakeApiserver, KubernetesSource, Updates]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def good_then_cut(handler: Handler) -> None:
@@ -198,7 +198,7 @@ def test_connection_cut_mid_chunk_resumes_from_the_last_good_version(
 
 
 def test_a_watch_that_ends_at_once_is_not_a_busy_loop(
-    follow: Callable[..., tuple[FakeApiserver, KubeEndpointSource, Updates]],
+    follow: Callable[..., tuple[FakeApiserver, KubernetesSource, Updates]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def end_at_once(handler: Handler) -> None:

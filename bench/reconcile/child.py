@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ipvslb import logfmt  # noqa: E402
-from ipvslb.endpoints.kube import KubeEndpointSource, KubeSourceSettings  # noqa: E402
+from ipvslb.endpoints.kube import KubernetesSource, KubeSourceSettings  # noqa: E402
 from ipvslb.endpoints.source import Backend  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main() -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    source = KubeEndpointSource(KubeSourceSettings(kubeconfig=args.kubeconfig))
+    source = KubernetesSource(KubeSourceSettings(kubeconfig=args.kubeconfig))
     source.start(on_update)
     stop.wait()
     source.stop()

@@ -10,11 +10,12 @@ Failures: a 410 Gone re-lists at once; a server that asks us to come back later 
 Retry-After or ``retryAfterSeconds``) is retried after that delay; anything else is logged and
 retried every ``retry_interval`` seconds, forever, resuming from the last resourceVersion. The
 last delivered list stays in force meanwhile: this source never delivers an empty list (see
-:meth:`KubeEndpointSource._publish`).
+:meth:`KubernetesSource._publish`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 import time
@@ -42,8 +43,8 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 @dataclass(frozen=True)
 class KubeSourceSettings:
     kubeconfig: str | None = None
-    # Where the explicit kubeconfig came from, for error messages.
-    kubeconfig_origin: str = "--kubeconfig"
+    # Where the explicit kubeconfig came from, for error messages ("--kubeconfig" from a CLI).
+    kubeconfig_origin: str = "node.kubeconfig"
     namespace: str = "default"
     service: str = "kubernetes"
     # False: always follow the Endpoints object, even where EndpointSlices exist.
@@ -69,11 +70,12 @@ class ReconcilerStats:
     updates: int = 0
 
 
-class KubeEndpointSource:
+class KubernetesSource:
     """An :class:`~ipvslb.endpoints.source.EndpointSource` following the apiserver endpoints."""
 
-    def __init__(self, settings: KubeSourceSettings | None = None) -> None:
-        self.settings = settings or KubeSourceSettings()
+    def __init__(self, settings: KubeSourceSettings | None = None, **overrides: Any) -> None:
+        """``KubernetesSource(kubeconfig=path)``, or with a whole ``KubeSourceSettings``."""
+        self.settings = dataclasses.replace(settings or KubeSourceSettings(), **overrides)
         self.stats = ReconcilerStats()
         self.resource: Resource | None = None
         self.resource_version: str | None = None
@@ -92,7 +94,7 @@ class KubeEndpointSource:
     def start(self, on_update: UpdateCallback) -> None:
         """Load the kubeconfig (UserError if unusable) and start following in a thread."""
         if self._thread is not None:
-            raise RuntimeError("KubeEndpointSource.start() called twice")
+            raise RuntimeError("KubernetesSource.start() called twice")
         self._kubeconfig = kubeconfig.find(
             self.settings.kubeconfig, explicit_origin=self.settings.kubeconfig_origin
         )

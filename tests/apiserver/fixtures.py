@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.endpoints.kube import KubeEndpointSource, KubeSourceSettings
+from ipvslb.endpoints.kube import KubernetesSource, KubeSourceSettings
 from ipvslb.endpoints.source import Backend
 from tests.apiserver.cluster import SECURE_PORT, Cluster, missing_prerequisite
 
@@ -64,7 +64,7 @@ def backends(cluster: Cluster, *indexes: int) -> list[Backend]:
     return sorted(Backend(cluster.address(i), SECURE_PORT) for i in indexes)
 
 
-Follow = Callable[..., tuple[KubeEndpointSource, Updates]]
+Follow = Callable[..., tuple[KubernetesSource, Updates]]
 
 
 @pytest.fixture
@@ -90,20 +90,20 @@ def control_plane(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 
 @pytest.fixture
 def reconciler(control_plane: Callable[..., Cluster]) -> Iterator[Follow]:
-    """Start a KubeEndpointSource inside ``cluster``'s namespace; stopped at teardown.
+    """Start a KubernetesSource inside ``cluster``'s namespace; stopped at teardown.
 
     Tests get short intervals (retry 0.5 s, watch timeout 5 s) unless they pass their own.
     """
-    sources: list[KubeEndpointSource] = []
+    sources: list[KubernetesSource] = []
 
     def start(cluster: Cluster, kubeconfig: Path | None = None,
-              **settings: object) -> tuple[KubeEndpointSource, Updates]:
+              **settings: object) -> tuple[KubernetesSource, Updates]:
         options: dict[str, object] = {"retry_interval": 0.5, "watch_timeout": 5}
         options.update(settings)
         config = KubeSourceSettings(
             kubeconfig=str(kubeconfig or cluster.kubeconfig(0)), **options  # type: ignore[arg-type]
         )
-        source = KubeEndpointSource(config)
+        source = KubernetesSource(config)
         updates = Updates()
         sources.append(source)
         with cluster.netns.entered():  # the worker thread is born in the namespace

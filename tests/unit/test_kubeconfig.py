@@ -195,3 +195,17 @@ def test_good_kubeconfig_loads_with_token_and_ca(tmp_path: Path, ca_pem: bytes) 
     assert client.configuration.host == "https://10.0.0.1:6443"
     assert client.configuration.auth_settings()["BearerToken"]["value"] == "Bearer t"
     assert Path(client.configuration.ssl_ca_cert).read_bytes() == ca_pem
+
+
+def test_the_kubernetes_source_fails_to_start_on_a_bad_kubeconfig(tmp_path: Path) -> None:
+    from ipvslb.endpoints.kube import KubernetesSource
+
+    path = tmp_path / "broken.conf"
+    path.write_text("clusters: [\n")
+    source = KubernetesSource(kubeconfig=str(path))
+    with pytest.raises(UserError) as excinfo:
+        source.start(lambda backends: None)
+    assert one_line_error(excinfo).startswith(
+        f"kubeconfig {path} (node.kubeconfig): not valid YAML at line"
+    )
+    source.stop()  # harmless: nothing was started

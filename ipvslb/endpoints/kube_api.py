@@ -144,7 +144,7 @@ class KubeApi:
             except (urllib3.exceptions.HTTPError, OSError):
                 raw = b""
             finally:
-                response.release_conn()
+                response.close()  # maybe not read to the end: never reuse this connection
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -174,7 +174,7 @@ class KubeApi:
         response = self._request(path, {**params, "watch": "true"}, read_timeout)
         with self._lock:
             if self._aborted:
-                response.release_conn()
+                response.close()
                 return
             self._open = response
         try:

@@ -166,3 +166,37 @@ def test_drain_is_bounded_and_can_be_skipped(netlab: NetLab) -> None:
         assert ipvsadm_dest(lab.lb, lab.rs2_ip) is None
         for conn, _ in held + more:
             conn.close()
+
+
+def test_listings_with_live_connections_match_ipvsadm(netlab: NetLab) -> None:
+    """Counters, rates, connection entries and persistence templates are non-zero here, so
+    the number formats and /proc/net/ip_vs_conn parsing are compared for real. Rates and the
+    connection countdown move, so ipvslb's output must equal ipvsadm's from just before or
+    just after it (retried a few times)."""
+    from tests.kernel.test_ipvs_compat import render_cli
+
+    lab = Lab(netlab)
+    with IPVS(lab.lb.name) as ipvs:
+        svc = lab.service(lab.rs1_ip, lab.rs2_ip)._replace(flags=model.F_PERSISTENT, timeout=60)
+        assert Applier(ipvs).apply([svc]).errors == []
+    held = [lab.hold() for _ in range(3)]
+    for _ in range(5):
+        lab.ask()
+    for args in ([], ["--stats"], ["--stats", "--exact"], ["--rate"], ["--rate", "--exact"],
+                 ["--persistent-conn"], ["--thresholds"], ["-c"], ["-c", "--persistent-conn"],
+                 ["-t", f"{VIP4}:{PORT}", "--stats"]):
+        for _attempt in range(5):
+            before = lab.lb.run("ipvsadm", "-L", "-n", *args)
+            ours = render_cli(lab.lb.name, args)
+            after = lab.lb.run("ipvsadm", "-L", "-n", *args)
+            if ours in (before, after):
+                break
+            assert before != after, f"ipvslb show {args} differs:\n{before}\n---\n{ours}"
+        else:
+            pytest.fail(f"ipvslb show {args} never matched ipvsadm:\n{before}\n---\n{ours}")
+        if args[:1] == ["-c"]:
+            assert "ESTABLISHED" in ours and "ASSURED" in ours, ours  # + persistence template
+        if args == ["--stats"]:
+            assert any(line.split()[1:2] != ["0"] for line in ours.splitlines()[3:]), ours
+    for conn, _ in held:
+        conn.close()

@@ -290,10 +290,8 @@ def _vips(vips: Iterable[object]) -> dict[tuple[int, str], int]:
             ip = ipaddress.ip_address(text)
         except ValueError:
             raise UserError(f"dummy: {vip!r} is not an IP address") from None
-        if ip.version == 6:
-            out[(socket.AF_INET6, ip.compressed)] = 128
-        else:
-            out[(socket.AF_INET, ip.compressed)] = 32
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        out[(family, socket.inet_ntop(family, ip.packed))] = 128 if ip.version == 6 else 32
     return out
 
 

@@ -7,7 +7,6 @@ the agent calls; the modules hold the rest (model, netlink, read, apply, format)
 from __future__ import annotations
 
 import errno
-import ipaddress
 from collections.abc import Iterable
 
 
@@ -19,7 +18,7 @@ def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = N
     loads it. Other services are left alone.
     """
     from ipvslb.errors import SystemStateError
-    from ipvslb.ipvs.model import AF_INET, AF_INET6, SCTP, TCP, UDP, Service
+    from ipvslb.ipvs.model import SCTP, TCP, UDP, Service, canonical
     from ipvslb.ipvs.netlink import IPVS
     from ipvslb.ipvs.nlsock import NetlinkError
 
@@ -31,8 +30,8 @@ def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = N
     removed = 0
     with ipvs:
         for address, port in targets:
-            ip = ipaddress.ip_address(str(address))
-            key = Service(AF_INET6 if ip.version == 6 else AF_INET, proto, ip.compressed, port)
+            family, text = canonical(address)
+            key = Service(family, proto, text, port)
             try:
                 ipvs.delete_service(key)
             except NetlinkError as err:

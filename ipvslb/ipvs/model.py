@@ -216,9 +216,14 @@ def sched_flag_bits(scheduler: str, names: Iterable[str]) -> int:
     return bits
 
 
-def _family_of(address: str) -> tuple[int, str]:
-    ip = ipaddress.ip_address(address)
-    return (AF_INET6 if ip.version == 6 else AF_INET), ip.compressed
+def canonical(address: object) -> tuple[int, str]:
+    """(family, address as the kernel's readers print it: inet_ntop, e.g. "::1.2.3.4")."""
+    ip = ipaddress.ip_address(str(address))
+    family = AF_INET6 if ip.version == 6 else AF_INET
+    return family, socket.inet_ntop(family, ip.packed)
+
+
+_family_of = canonical
 
 
 def default_netmask(family: int) -> int:

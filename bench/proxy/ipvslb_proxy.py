@@ -1,6 +1,6 @@
 """Run ipvslb's proxy for the benchmark until SIGTERM.
 
-Usage: ipvslb_proxy.py --port P --engine splice|copy --loop asyncio|uvloop BACKEND...
+Usage: ipvslb_proxy.py --port P --engine auto|splice|copy --loop asyncio|uvloop BACKEND...
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def serve(port: int, engine: str, backends: list[Backend]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--engine", default="splice")
+    ap.add_argument("--engine", default="auto")
     ap.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
     ap.add_argument("backends", nargs="+")
     args = ap.parse_args()

@@ -66,13 +66,14 @@ def bulk(targets: list[tuple[str, int]], streams: int, seconds: float) -> dict[s
     time.sleep(seconds)
     moved, elapsed = sum(counts) - start_bytes, time.perf_counter() - start
     stop.set()
+    total = sum(counts)
     for s in socks:
         s.shutdown(socket.SHUT_RDWR)
     for t in threads:
         t.join(5)
     for s in socks:
         s.close()
-    return {"gbit_s": moved * 8 / elapsed / 1e9}
+    return {"gbit_s": moved * 8 / elapsed / 1e9, "gbytes_total": total / 1e9}
 
 
 def _percentile(sorted_values: list[int], q: float) -> float:

@@ -137,7 +137,7 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:  # ipvslb[-<loop>-<engine>]
         parts = name.split("-")
-        loop, engine = (parts[1], parts[2]) if len(parts) == 3 else ("uvloop", "splice")
+        loop, engine = (parts[1], parts[2]) if len(parts) == 3 else ("uvloop", "auto")
         cmd = [PY, str(HERE / "ipvslb_proxy.py"), "--port", str(port), "--loop", loop,
                "--engine", engine, *targets]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
@@ -303,7 +303,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--short", action="store_true", help="CI mode: 1 repetition, 1 s tests")
     ap.add_argument("--variants", action="store_true",
-                    help="also measure ipvslb's engines (splice/copy) on asyncio and uvloop")
+                    help="also measure ipvslb's engines (auto/copy/splice) on asyncio and uvloop")
     ap.add_argument("--reps", type=int)
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--out", default=str(RESULTS / "proxy"))
@@ -316,7 +316,7 @@ def main() -> None:
     subjects = ["direct", "haproxy", "haproxy-splice", "ipvslb"]
     if args.variants:
         subjects += [f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
-                     for engine in ("copy", "splice")]
+                     for engine in ("auto", "copy", "splice")]
     loadavg_start = os.getloadavg()[0]
     started = time.time()
     result = measure(subjects, reps, seconds, idle_conns)

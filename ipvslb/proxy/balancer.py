@@ -80,6 +80,7 @@ class Balancer:
         self._states: dict[Backend, BackendState] = {}
         self._current: list[BackendState] = []
         self._next = 0
+        self._ejections = False  # True while some backend may be cooling off
         self.update(backends)
 
     @property
@@ -123,16 +124,21 @@ class Balancer:
 
     def candidates(self, attempts: int) -> list[BackendState]:
         """Up to ``attempts`` distinct backends to try, in order, for one new connection."""
-        count = len(self._current)
+        current = self._current
+        count = len(current)
         if count == 0:
             return []
-        now = self._clock()
         start = self._next
         self._next = (start + 1) % count
-        ordered = [self._current[(start + i) % count] for i in range(count)]
-        usable = [s for s in ordered if not s.ejected(now)]
-        ejected = sorted((s for s in ordered if s.ejected(now)), key=lambda s: s.ejected_until)
-        return (usable + ejected)[: max(1, attempts)]
+        ordered = current[start:] + current[:start]
+        if self._ejections:
+            now = self._clock()
+            ejected = sorted((s for s in ordered if s.ejected(now)), key=lambda s: s.ejected_until)
+            if ejected:
+                ordered = [s for s in ordered if not s.ejected(now)] + ejected
+            else:
+                self._ejections = False  # every cool-off is over
+        return ordered[: max(1, attempts)]
 
     def record_failure(self, state: BackendState, error: str) -> bool:
         """Count a failed connect; returns True when this failure ejected the backend."""
@@ -141,6 +147,7 @@ class Balancer:
         now = self._clock()
         if state.consecutive_failures >= self.eject_after and not state.ejected(now):
             state.ejected_until = now + self.eject_cooloff
+            self._ejections = True
             log.warning(
                 "backend ejected after connect failure",
                 extra={"backend": str(state.backend), "error": error,

@@ -1,18 +1,25 @@
 """Moving bytes between a client socket and a backend socket.
 
-Each proxied connection is two ``Half`` objects, one per direction, driven by the event loop's
-``add_reader``/``add_writer`` on the raw file descriptors (no transports, no streams).
+Each proxied connection is two ``Half`` objects, one per direction, working on the raw file
+descriptors (no transports, no streams). All relayed sockets sit in one epoll set of our own
+(``Poller``), which the event loop watches as a single reader: registering a socket costs one
+``epoll_ctl``, readiness changes one ``epoll_ctl MOD``, and closing the socket drops it from
+the set. (Per-socket ``add_reader``/``remove_reader`` cost uvloop 3-4 syscalls each.)
 
-Two engines:
-- ``splice``: socket -> pipe -> socket with ``os.splice``; the bytes never enter Python.
-  Pipes come from a small shared pool and are held only while a direction has bytes in
-  flight, so an idle connection holds no pipe.
-- ``copy``: ``recv_into`` one shared buffer, ``send`` from it; only bytes the destination did
-  not take yet are copied into the connection.
+A direction moves bytes one of two ways:
+- copy: ``recv_into`` one shared buffer, ``send`` from it. Cheapest for small messages
+  (API requests, watch events).
+- splice: socket -> pipe -> socket with ``os.splice``; the bytes never enter Python. Cheapest
+  for bulk transfers (large lists, logs, exec streams). Pipes come from a small shared pool
+  and are held only while a direction has bytes in flight: an idle connection holds none.
 
-Both read a direction only while its destination has taken everything (back-pressure), pass
-an end-of-stream on as ``shutdown(SHUT_WR)`` (half-close), and close the connection when both
-directions have ended, or at once on an error (with a reset to the other side).
+The ``auto`` engine starts each direction copying, switches it to splice when a read fills the
+copy buffer (a bulk transfer), and back when splice reads turn small. ``copy`` and ``splice``
+force one way (for measurements).
+
+Both ways read a direction only while its destination has taken everything (back-pressure),
+pass an end-of-stream on as ``shutdown(SHUT_WR)`` (half-close), and close the connection when
+both directions have ended, or at once on an error (with a reset to the other side).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -27,10 +35,62 @@ from typing import Any
 
 PIPE_SIZE = 1 << 20  # bytes one splice may move; the kernel may grant less
 POOL_KEEP = 64  # idle pipes kept for reuse
-COPY_CHUNK = 1 << 18
+COPY_CHUNK = 1 << 16  # a copy read this full means bulk: switch to splice (auto)
+SPLICE_SMALL = 1 << 14  # a splice read below this means small messages again: copy (auto)
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _BATCH = 4  # reads per readiness event before yielding to the loop
+_BUFFER = bytearray(COPY_CHUNK)  # shared: never holds bytes across callbacks
+_VIEW = memoryview(_BUFFER)
+
+AUTO, SPLICE, COPY = "auto", "splice", "copy"
+ENGINES = (AUTO, SPLICE, COPY)
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_HANGUP = select.EPOLLERR | select.EPOLLHUP
+
+
+class Poller:
+    """One epoll set for every relayed socket, watched by the event loop as one reader.
+
+    Level-triggered. A socket leaves the set when it is closed (ipvslb never duplicates these
+    descriptors), so ``forget`` only drops the handler; the handler stays while the socket is
+    out of the set for lack of interest.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ep = select.epoll()
+        self._handlers: dict[int, Callable[[int], None]] = {}
+        loop.add_reader(self._ep.fileno(), self._dispatch)
+
+    def register(self, fd: int, mask: int, handler: Callable[[int], None]) -> None:
+        self._ep.register(fd, mask)
+        self._handlers[fd] = handler
+
+    def change(self, fd: int, old: int, new: int) -> None:
+        """Change interest from ``old`` to ``new``; 0 takes the socket out of the set (else a
+        hung-up socket that is not being read would report EPOLLHUP over and over)."""
+        if not new:
+            self._ep.unregister(fd)
+        elif not old:
+            self._ep.register(fd, new)
+        else:
+            self._ep.modify(fd, new)
+
+    def forget(self, fd: int) -> None:
+        self._handlers.pop(fd, None)
+
+    def _dispatch(self) -> None:
+        handlers = self._handlers
+        for fd, events in self._ep.poll(0):
+            handler = handlers.get(fd)
+            if handler is not None:  # None: closed earlier in this batch
+                handler(events)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._ep.fileno())
+        self._ep.close()
+        self._handlers.clear()
 
 
 class PipePool:
@@ -68,67 +128,80 @@ class PipePool:
 class Half:
     """One direction of a connection: read ``src``, write ``dst``."""
 
-    __slots__ = ("conn", "src", "dst", "sfd", "dfd", "pipe", "pending", "data", "blocked", "done")
+    __slots__ = ("conn", "src", "dst", "sfd", "dfd", "pipe", "pending", "data", "blocked",
+                 "done", "engine", "splicing")
 
-    def __init__(self, conn: Connection, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, conn: Connection, src: socket.socket, dst: socket.socket,
+                 engine: str) -> None:
         self.conn = conn
         self.src = src
         self.dst = dst
         self.sfd = src.fileno()
         self.dfd = dst.fileno()
+        self.engine = engine
+        self.splicing = engine == SPLICE
         self.pipe: tuple[int, int] | None = None
         self.pending = 0  # splice: bytes in self.pipe
-        self.data: bytes = b""  # copy: bytes dst has not taken yet
+        self.data = b""  # copy: bytes dst has not taken yet
         self.blocked = False
         self.done = False
 
-    # -- shared --------------------------------------------------------------------------
-    def _block(self) -> None:
-        loop = self.conn.loop
-        loop.remove_reader(self.sfd)
-        loop.add_writer(self.dfd, self.on_writable)
-        self.blocked = True
-
-    def _unblock(self) -> None:
-        loop = self.conn.loop
-        loop.remove_writer(self.dfd)
-        self.blocked = False
-        loop.add_reader(self.sfd, self.on_readable)
-
-    def _eof(self) -> None:
-        conn = self.conn
-        conn.loop.remove_reader(self.sfd)
-        self.done = True
-        if conn.up.done and conn.down.done:
-            conn.close()  # the close sends the last FIN: no shutdown needed
-            return
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
     def on_readable(self) -> None:
-        raise NotImplementedError
+        if self.splicing:
+            self._splice_in()
+        else:
+            self._copy_in()
 
     def on_writable(self) -> None:
-        raise NotImplementedError
+        if self.pipe is not None:
+            if self._splice_out():
+                self.release()
+                self._unblock()
+            return
+        try:
+            sent = self.dst.send(self.data)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.conn.abort()
+            return
+        self.data = self.data[sent:]
+        if not self.data:
+            self._unblock()
 
-    def release(self) -> None:
-        """Give back the pipe (closing it if it still holds bytes)."""
-        pipe = self.pipe
-        if pipe is not None:
-            self.pipe = None
-            if self.pending:
-                os.close(pipe[0])
-                os.close(pipe[1])
-            else:
-                self.conn.pool.put(pipe)
+    # -- copy ------------------------------------------------------------------------------
+    def _copy_in(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                n = self.src.recv_into(_BUFFER)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.conn.abort()
+                return
+            if n == 0:
+                self._eof()
+                return
+            try:
+                sent = self.dst.send(_VIEW[:n])
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.conn.abort()
+                return
+            if sent < n:
+                self.data = bytes(_VIEW[sent:n])
+                self._block()
+                return
+            if n < COPY_CHUNK:
+                return
+            if self.engine == AUTO:  # a full buffer: bulk follows, move it without copying
+                self.splicing = True
+                self._splice_in()
+                return
 
-
-class SpliceHalf(Half):
-    __slots__ = ()
-
-    def on_readable(self) -> None:
+    # -- splice ----------------------------------------------------------------------------
+    def _splice_in(self) -> None:
         pool = self.conn.pool
         for _ in range(_BATCH):
             pipe = self.pipe
@@ -146,13 +219,15 @@ class SpliceHalf(Half):
                 self._eof()
                 return
             self.pending = n
-            if not self._flush():
+            if not self._splice_out():
                 return  # blocked on dst (keeps the pipe) or aborted
+            if n < SPLICE_SMALL and self.engine == AUTO:
+                self.splicing = False
             if n < pool.size:
                 break
         self.release()
 
-    def _flush(self) -> bool:
+    def _splice_out(self) -> bool:
         """Write the pipe out; False when dst is full (the half is then blocked) or on error."""
         pipe = self.pipe
         assert pipe is not None
@@ -168,91 +243,102 @@ class SpliceHalf(Half):
             return False
         return True
 
-    def on_writable(self) -> None:
-        if self._flush():
-            self.release()
-            self._unblock()
+    def release(self) -> None:
+        """Give back the pipe (closing it if it still holds bytes)."""
+        pipe = self.pipe
+        if pipe is not None:
+            self.pipe = None
+            if self.pending:
+                os.close(pipe[0])
+                os.close(pipe[1])
+            else:
+                self.conn.pool.put(pipe)
 
+    # -- state -----------------------------------------------------------------------------
+    def _block(self) -> None:
+        """dst is full: stop reading src, wait until dst can take more."""
+        self.blocked = True
+        self.conn.sync()
 
-_COPY_BUFFER = bytearray(COPY_CHUNK)
-_COPY_VIEW = memoryview(_COPY_BUFFER)
+    def _unblock(self) -> None:
+        self.blocked = False
+        self.conn.sync()
 
-
-class CopyHalf(Half):
-    __slots__ = ()
-
-    def on_readable(self) -> None:
-        for _ in range(_BATCH):
-            try:
-                n = self.src.recv_into(_COPY_BUFFER)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.conn.abort()
-                return
-            if n == 0:
-                self._eof()
-                return
-            try:
-                sent = self.dst.send(_COPY_VIEW[:n])
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.conn.abort()
-                return
-            if sent < n:
-                self.data = _COPY_BUFFER[sent:n]
-                self._block()
-                return
-            if n < COPY_CHUNK:
-                return
-
-    def on_writable(self) -> None:
+    def _eof(self) -> None:
+        conn = self.conn
+        self.done = True
+        if conn.up.done and conn.down.done:
+            conn.close()  # the close sends the last FIN: no shutdown needed
+            return
+        conn.sync()
         try:
-            sent = self.dst.send(self.data)
-        except BlockingIOError:
-            return
+            self.dst.shutdown(socket.SHUT_WR)
         except OSError:
-            self.conn.abort()
-            return
-        self.data = self.data[sent:]
-        if not self.data:
-            self._unblock()
-
-
-ENGINES: dict[str, type[Half]] = {"splice": SpliceHalf, "copy": CopyHalf}
+            pass
 
 
 class Connection:
     """A client socket relayed to a backend socket until both directions end."""
 
-    __slots__ = ("loop", "pool", "client", "backend", "up", "down", "owner", "on_close", "closed")
+    __slots__ = ("poller", "pool", "client", "backend", "up", "down", "owner", "on_close",
+                 "closed", "cmask", "bmask")
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         pool: PipePool,
-        engine: type[Half],
+        engine: str,
         client: socket.socket,
         backend: socket.socket,
         owner: Any,
         on_close: Callable[[Connection], None],
     ) -> None:
-        self.loop = loop
+        self.poller = poller
         self.pool = pool
         self.client = client
         self.backend = backend
         self.owner = owner  # the BackendState this connection counts against
         self.on_close = on_close
         self.closed = False
-        self.up = engine(self, client, backend)
-        self.down = engine(self, backend, client)
+        self.up = Half(self, client, backend, engine)
+        self.down = Half(self, backend, client, engine)
+        self.cmask = self.bmask = _IN
 
     def start(self) -> None:
         """Relay from now on; the client has usually sent its first bytes already: read them."""
-        self.loop.add_reader(self.up.sfd, self.up.on_readable)
-        self.loop.add_reader(self.down.sfd, self.down.on_readable)
+        self.poller.register(self.up.sfd, _IN, self._on_client)
+        self.poller.register(self.down.sfd, _IN, self._on_backend)
         self.up.on_readable()
+
+    def sync(self) -> None:
+        """Make each socket's epoll interest match what its two halves wait for."""
+        up, down = self.up, self.down
+        cmask = (0 if up.blocked or up.done else _IN) | (_OUT if down.blocked else 0)
+        if cmask != self.cmask:
+            self.poller.change(up.sfd, self.cmask, cmask)
+            self.cmask = cmask
+        bmask = (0 if down.blocked or down.done else _IN) | (_OUT if up.blocked else 0)
+        if bmask != self.bmask:
+            self.poller.change(down.sfd, self.bmask, bmask)
+            self.bmask = bmask
+
+    def _on_client(self, events: int) -> None:
+        self._on_events(events, self.up, self.down)
+
+    def _on_backend(self, events: int) -> None:
+        self._on_events(events, self.down, self.up)
+
+    def _on_events(self, events: int, reader: Half, writer: Half) -> None:
+        """Events of one socket: ``reader`` reads it, ``writer`` writes to it."""
+        if events & _OUT and writer.blocked:
+            writer.on_writable()
+            if self.closed:
+                return
+        if not (reader.blocked or reader.done):
+            if events & (_IN | _HANGUP):
+                reader.on_readable()  # reads the data, the end of stream or the error
+        elif events & _HANGUP:  # reset while only waiting to write to it: nothing to save
+            self.abort()
 
     def abort(self) -> None:
         """Close both sides at once, resetting them so that neither peer mistakes it for EOF."""
@@ -267,13 +353,11 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        loop = self.loop
-        for half in (self.up, self.down):
-            if half.blocked:
-                loop.remove_writer(half.dfd)
-            elif not half.done:
-                loop.remove_reader(half.sfd)
-            half.release()
-        self.client.close()
+        self.poller.forget(self.up.sfd)
+        self.poller.forget(self.down.sfd)
+        self.up.release()
+        self.down.release()
+        del self.up, self.down  # no reference cycle left: freed without the cyclic GC
+        self.client.close()  # closing also removes the sockets from the epoll set
         self.backend.close()
         self.on_close(self)

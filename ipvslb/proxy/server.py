@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ipvslb import logfmt
 from ipvslb.endpoints.source import Backend
 from ipvslb.proxy.balancer import BackendState, BackendStats, Balancer
-from ipvslb.proxy.relay import ENGINES, Connection, PipePool
+from ipvslb.proxy.relay import ENGINES, Connection, PipePool, Poller
 
 log = logfmt.get("proxy")
 
@@ -35,7 +35,7 @@ class ProxyStats:
 
 
 class _Dial:
-    """A client waiting for its backend connection; tries candidates in turn."""
+    """A client whose backend connect is in progress or failed; tries candidates in turn."""
 
     __slots__ = ("client", "candidates", "sock", "state", "timer", "errors")
 
@@ -73,12 +73,12 @@ class Proxy:
         drain_limit: float | None = 600.0,
         max_connections: int = 10_000,
         keepalive: tuple[int, int, int] = (30, 10, 3),
-        engine: str = "splice",
+        engine: str = "auto",
         on_eject: Callable[[Backend], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {sorted(ENGINES)}, not {engine!r}")
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         self.listen_host = listen_host
         self.listen_port = listen_port
         self.connect_timeout = connect_timeout
@@ -87,12 +87,13 @@ class Proxy:
         self.max_connections = max_connections
         self.keepalive = keepalive
         self.on_eject = on_eject
-        self._engine = ENGINES[engine]
+        self._engine = engine
         self._balancer = Balancer(
             backends, eject_after=eject_after, eject_cooloff=eject_cooloff, clock=clock
         )
         self._pool = PipePool()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: Poller | None = None
         self._listener: socket.socket | None = None
         self._dials: set[_Dial] = set()
         self._active = 0
@@ -107,6 +108,7 @@ class Proxy:
     async def start(self) -> None:
         """Bind and start accepting. Raises OSError when the address cannot be bound."""
         self._loop = asyncio.get_running_loop()
+        self._poller = Poller(self._loop)
         self._idle = asyncio.Event()
         _raise_nofile_limit()
         self._listener = self._listen()
@@ -146,7 +148,7 @@ class Proxy:
                 pass
         left = self._active
         for dial in list(self._dials):
-            self._dial_give_up(dial, "proxy stopping", count_failure=False)
+            self._give_up(dial, "proxy stopping", count_failure=False)
         for state in self._balancer.states():
             for conn in list(state.connections):
                 conn.close()
@@ -154,6 +156,9 @@ class Proxy:
                 state.drain_timer.cancel()
                 state.drain_timer = None
         self._pool.close()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         log.info("proxy stopped", extra={"open_at_stop": open_at_stop, "closed_at_grace": left})
 
     # -- backends ----------------------------------------------------------------------------
@@ -257,10 +262,7 @@ class Proxy:
             client.setblocking(False)
             self._active += 1
             self._total += 1
-            candidates = self._balancer.candidates(self.connect_attempts)
-            dial = _Dial(client, candidates)
-            self._dials.add(dial)
-            self._dial_next(dial)
+            self._connect(client, self._balancer.candidates(self.connect_attempts), None)
 
     def _reject(self, client: socket.socket) -> None:
         self._rejected += 1
@@ -277,65 +279,76 @@ class Proxy:
             self._rejected_since_log = 0
 
     # -- connecting to a backend -------------------------------------------------------------
-    def _dial_next(self, dial: _Dial) -> None:
+    def _connect(self, client: socket.socket, candidates: list[BackendState],
+                 dial: _Dial | None) -> None:
+        """Connect ``client`` to the first candidate that accepts; ``dial`` exists once the
+        client had to wait for a connect or saw a failure."""
         loop = self._loop
         assert loop is not None
-        while dial.candidates:
-            state = dial.candidates.pop(0)
+        while candidates:
+            state = candidates.pop(0)
             backend = state.backend
             family = socket.AF_INET6 if ":" in backend.address else socket.AF_INET
             try:
                 sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             except OSError as exc:
-                self._dial_give_up(dial, f"socket: {exc}")
+                self._give_up(dial or _Dial(client, candidates), f"socket: {exc}")
                 return
             self._tune(sock)
             code = sock.connect_ex((backend.address, backend.port))
-            if code == 0:
-                self._dial_done(dial, sock, state)
-                return
             if code == errno.EINPROGRESS:
                 try:
                     sock.getpeername()  # a local backend is connected at once: skip the wait
+                    code = 0
                 except OSError:
                     pass
-                else:
-                    self._dial_done(dial, sock, state)
-                    return
+            if code == 0:
+                self._relay(client, sock, state)
+                return
+            if code == errno.EINPROGRESS:
+                if dial is None:
+                    dial = _Dial(client, candidates)
                 dial.sock = sock
                 dial.state = state
+                self._dials.add(dial)
                 loop.add_writer(sock.fileno(), self._on_connected, dial)
                 dial.timer = loop.call_later(self.connect_timeout, self._on_connect_timeout, dial)
                 return
             sock.close()
+            dial = dial or _Dial(client, candidates)
             self._connect_failed(dial, state, os.strerror(code))
-        self._dial_give_up(dial, "; ".join(dial.errors) or "no backends")
+        dial = dial or _Dial(client, candidates)
+        self._give_up(dial, "; ".join(dial.errors) or "no backends")
 
     def _on_connected(self, dial: _Dial) -> None:
         sock, state = dial.sock, dial.state
         assert sock is not None and state is not None and self._loop is not None
-        self._loop.remove_writer(sock.fileno())
+        self._end_wait(dial)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            self._relay(dial.client, sock, state)
+            return
+        sock.close()
+        self._connect_failed(dial, state, os.strerror(err))
+        self._connect(dial.client, dial.candidates, dial)
+
+    def _on_connect_timeout(self, dial: _Dial) -> None:
+        sock, state = dial.sock, dial.state
+        assert sock is not None and state is not None
+        dial.timer = None
+        self._end_wait(dial)
+        sock.close()
+        self._connect_failed(dial, state, f"connect timeout after {self.connect_timeout}s")
+        self._connect(dial.client, dial.candidates, dial)
+
+    def _end_wait(self, dial: _Dial) -> None:
+        assert dial.sock is not None and self._loop is not None
+        self._loop.remove_writer(dial.sock.fileno())
         if dial.timer is not None:
             dial.timer.cancel()
             dial.timer = None
         dial.sock = dial.state = None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err == 0:
-            self._dial_done(dial, sock, state)
-            return
-        sock.close()
-        self._connect_failed(dial, state, os.strerror(err))
-        self._dial_next(dial)
-
-    def _on_connect_timeout(self, dial: _Dial) -> None:
-        sock, state = dial.sock, dial.state
-        assert sock is not None and state is not None and self._loop is not None
-        dial.timer = None
-        self._loop.remove_writer(sock.fileno())
-        dial.sock = dial.state = None
-        sock.close()
-        self._connect_failed(dial, state, f"connect timeout after {self.connect_timeout}s")
-        self._dial_next(dial)
+        self._dials.discard(dial)
 
     def _connect_failed(self, dial: _Dial, state: BackendState, error: str) -> None:
         dial.errors.append(f"{state.backend}: {error}")
@@ -348,14 +361,11 @@ class Proxy:
             log.info("backend connect failed; trying the next one",
                      extra={"backend": str(state.backend), "error": error})
 
-    def _dial_give_up(self, dial: _Dial, reason: str, count_failure: bool = True) -> None:
-        self._dials.discard(dial)
+    def _give_up(self, dial: _Dial, reason: str, count_failure: bool = True) -> None:
         if dial.sock is not None:
-            assert self._loop is not None
-            self._loop.remove_writer(dial.sock.fileno())
-            dial.sock.close()
-        if dial.timer is not None:
-            dial.timer.cancel()
+            sock = dial.sock
+            self._end_wait(dial)
+            sock.close()
         try:
             dial.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         except OSError:
@@ -367,13 +377,12 @@ class Proxy:
                         extra={"errors": reason})
         self._connection_ended()
 
-    def _dial_done(self, dial: _Dial, sock: socket.socket, state: BackendState) -> None:
-        assert self._loop is not None
-        self._dials.discard(dial)
+    def _relay(self, client: socket.socket, sock: socket.socket, state: BackendState) -> None:
+        assert self._poller is not None and self._loop is not None
         self._balancer.record_success(state)
         state.active += 1
         state.total += 1
-        conn = Connection(self._loop, self._pool, self._engine, dial.client, sock, state,
+        conn = Connection(self._poller, self._pool, self._engine, client, sock, state,
                           self._on_close)
         state.connections.add(conn)
         if state.removed and state.drain_timer is None and self.drain_limit is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from ipvslb.endpoints.source import Backend
 from ipvslb.proxy import Proxy
 
-ENGINES = ["splice", "copy"]
+ENGINES = ["auto", "splice", "copy"]
 T = 5.0  # bound for every wait in these tests
 
 
@@ -141,6 +142,10 @@ def test_relays_large_transfers_intact_under_back_pressure(engine: str) -> None:
             await asyncio.sleep(0.3)  # nothing read yet: the proxy's halves fill and block
             got = await asyncio.wait_for(r.readexactly(len(payload)), T)
             assert got == payload
+            if engine != "copy":  # the bulk moved through pipes, now back in the pool
+                assert proxy._pool._free
+            w.write(b"small again\n")  # auto: back to copying after small reads
+            assert await asyncio.wait_for(r.readline(), T) == b"small again\n"
             w.write_eof()
             assert await closed_by_peer(r)
             w.close()
@@ -359,6 +364,68 @@ def test_backend_half_close_still_receives_the_request(engine: str) -> None:
             await wait_for(lambda: proxy.stats().active == 0)
             await proxy.stop(1)
         assert received == [b"after your eof"]
+
+    run(main())
+
+
+def _reset(w: asyncio.StreamWriter) -> None:
+    sock = w.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.transport.abort()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_backend_reset_reaches_the_client(engine: str) -> None:
+    async def reset_after_name(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"bye\n")
+        await w.drain()
+        await asyncio.sleep(0.1)
+        _reset(w)
+
+    async def main() -> None:
+        async with Server(reset_after_name) as s:
+            proxy = Proxy("127.0.0.1", 0, [s.backend], engine=engine)
+            await proxy.start()
+            r, w = await connect(proxy)
+            assert await r.readline() == b"bye\n"
+            assert await closed_by_peer(r)
+            w.close()
+            await wait_for(lambda: proxy.stats().active == 0)
+            await proxy.stop(1)
+
+    run(main())
+
+
+@pytest.mark.parametrize("client_half_closed", [False, True])
+def test_client_reset_closes_the_backend_side(client_half_closed: bool) -> None:
+    """Also while the client's side is out of the epoll set (client already sent its EOF)."""
+    ended: list[bytes] = []
+
+    async def wait_for_end(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"hi\n")
+        await w.drain()
+        try:
+            ended.append(await r.read())
+            while True:  # keep the connection; the proxy must close it
+                w.write(b".")
+                await w.drain()
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            ended.append(b"reset")
+
+    async def main() -> None:
+        async with Server(wait_for_end) as s:
+            proxy = Proxy("127.0.0.1", 0, [s.backend])
+            await proxy.start()
+            r, w = await connect(proxy)
+            assert await r.readline() == b"hi\n"
+            if client_half_closed:
+                w.write_eof()
+                await wait_for(lambda: bool(ended))
+            _reset(w)
+            await wait_for(lambda: proxy.stats().active == 0)
+            await wait_for(lambda: ended[-1:] == [b"reset"])  # the proxy reset the backend
+            await proxy.stop(1)
 
     run(main())
 

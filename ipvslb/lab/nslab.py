@@ -1,0 +1,846 @@
+"""The one-machine lab: controllers and a client in network namespaces on one bridge.
+
+Built from the lab topology (``ipvslb.lab.topology``, moved into a subnet of its own with
+``Topology.rebased``) so each controller's ipvslb config comes from the same code path as the
+Vagrant lab's:
+
+    <prefix>-switch   a bridge br0 with one veth port per member (nothing on the host's links)
+    <prefix>-ctrl-N   eth0 with the controller's address; an apiserver stand-in on :6443
+                      (HTTPS, its own certificate) and `ipvslb up` (real keepalived)
+    <prefix>-client   eth0 with several addresses, to reach the VIP from several sources
+
+Everything the lab creates is recorded in ``<state dir>/lab.json`` *before* it is created, so
+``Lab.load(state_dir).down()`` removes it all, also after ``up`` crashed half-way: processes are
+stopped by pid (checked against their start time, never a recycled pid), then any process still
+running inside a lab namespace, then the namespaces. Every wait is bounded; waits are stretched
+by ``IPVSLB_TIMEOUT_SCALE`` (default 8 inside the project's QEMU guest, where Python is slow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ipvslb import netns as netns_mod
+from ipvslb.errors import SystemStateError, UserError
+from ipvslb.files import write_atomic
+from ipvslb.lab.topology import LabMode, Topology, render_node
+
+T = TypeVar("T")
+
+DEFAULT_STATE_DIR = Path("/run/ipvslb-lab")
+DEFAULT_PREFIX = "ipvslb-lab"
+DEFAULT_SUBNET = "10.77.0.0/24"
+IFNAME = "eth0"
+STATE_FILE = "lab.json"
+CLIENT_FIRST_OFFSET = 50  # client addresses: subnet offsets 50, 51, ... (free in the topology)
+KEEPALIVED_PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
+
+
+def time_scale() -> float:
+    """How much to stretch waits: IPVSLB_TIMEOUT_SCALE, else 8 in the QEMU guest, else 1."""
+    value = os.environ.get("IPVSLB_TIMEOUT_SCALE")
+    if value:
+        return float(value)
+    return 8.0 if os.environ.get("IPVSLB_IN_VM") == "1" else 1.0
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.02) -> T:
+    """Call ``predicate`` until it returns something truthy (exceptions count as "not yet");
+    SystemStateError naming ``what`` after ``timeout`` seconds (scaled)."""
+    deadline = time.monotonic() + timeout * time_scale()
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except Exception as err:  # noqa: BLE001 - reported if it never succeeds
+            last = err
+        if time.monotonic() >= deadline:
+            raise SystemStateError(f"lab: timed out after {timeout * time_scale():.0f}s waiting "
+                                   f"for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def sh(*argv: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    """Run a command (inside ``netns``) and return its stdout; SystemStateError on failure."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    try:
+        done = subprocess.run(full, capture_output=True, text=True,
+                              timeout=timeout * time_scale(), check=False)
+    except subprocess.TimeoutExpired:
+        raise SystemStateError(f"lab: `{' '.join(full)}` did not finish in time") from None
+    if check and done.returncode != 0:
+        raise SystemStateError(f"lab: `{' '.join(full)}` failed: "
+                               f"{(done.stderr or done.stdout).strip()}")
+    return done.stdout
+
+
+# --- processes, by pid --------------------------------------------------------------------------
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = stat[stat.rindex(")") + 2:].split()
+    if rest[0] in ("Z", "X"):
+        return None
+    return int(rest[19])
+
+
+@dataclass
+class Proc:
+    """A process the lab started: pid plus start time, so a recycled pid is never signalled."""
+
+    node: str
+    role: str  # "standin" | "agent"
+    pid: int
+    start: int
+    log: str
+
+    def alive(self) -> bool:
+        _reap(self.pid)
+        return start_time(self.pid) == self.start
+
+    def signal(self, sig: int) -> bool:
+        if not self.alive():
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+            return True
+        return False
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL."""
+        if self.signal(signal.SIGTERM):
+            deadline = time.monotonic() + grace * time_scale()
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if self.signal(signal.SIGKILL):
+            wait_for(lambda: not self.alive(), 10, f"pid {self.pid} to exit")
+
+    def output(self) -> str:
+        try:
+            return Path(self.log).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of our own child (so it does not linger as a zombie)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def netns_inode(name: str) -> int | None:
+    try:
+        return os.stat(netns_mod.path_of(name)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def pids_in_netns(name: str) -> list[int]:
+    """Every process whose network namespace is ``name`` (found through /proc/PID/ns/net)."""
+    inode = netns_inode(name)
+    if inode is None:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino == inode:
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+# --- the lab's description ----------------------------------------------------------------------
+
+@dataclass
+class Member:
+    name: str  # topology name (ctrl-1) or "client"
+    netns: str
+    addresses: list[str]  # on eth0, the first is the node's own address
+    config: str = ""  # controllers: the ipvslb config file
+    run_dir: str = ""  # controllers: node.runDir
+
+
+@dataclass
+class LabState:
+    prefix: str
+    mode: str
+    subnet: str
+    vip: str  # address/prefix
+    api_port: int
+    switch: str  # netns holding the bridge
+    controllers: list[Member]
+    client: Member
+    namespaces: list[str] = field(default_factory=list)  # created (or about to be), in order
+    processes: list[Proc] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabState:
+        data = dict(data)
+        data["controllers"] = [Member(**m) for m in data["controllers"]]
+        data["client"] = Member(**data["client"])
+        data["processes"] = [Proc(**p) for p in data["processes"]]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One HTTPS request through the VIP: who answered, and its certificate's fingerprint."""
+
+    source: str
+    name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What one failover looked like, in seconds from the kill (None: did not happen)."""
+
+    how: str
+    old: str
+    new: str | None
+    killed: tuple[int, ...]
+    vip_moved: float | None  # the VIP appeared on another controller
+    served: float | None  # first answer through the VIP to a request sent after that
+    two_holders: float  # total time two controllers held the VIP at once (through the restart)
+    max_holders: int
+    probes: int  # requests through the VIP while it ran
+    failed_after_served: int  # of those, failures after the first answer from the new holder
+    longest_gap: float  # longest time without an answer through the VIP
+    timeline: tuple[tuple[float, tuple[str, ...]], ...] = ()  # (seconds, VIP holders) changes
+    restarted: float | None = None  # the node's `ipvslb up` ran again and rejoined as backup
+    dual_masters: float = 0.0  # time two *other* controllers held the VIP at once
+    stale_vip: float = 0.0  # time the old holder kept the VIP while another held it too
+
+
+def time_where(timeline: tuple[tuple[float, tuple[str, ...]], ...], end: float,
+               predicate: Callable[[tuple[str, ...]], bool]) -> float:
+    """Total time (up to ``end``) the holders in ``timeline`` satisfied ``predicate``."""
+    total = 0.0
+    for (start, holders), (stop, _) in zip(timeline, [*timeline[1:], (end, ())], strict=True):
+        if predicate(holders):
+            total += max(0.0, min(stop, end) - start)
+    return total
+
+
+@dataclass
+class _Attempt:
+    start: float
+    end: float
+    ok: bool
+    error: str = ""
+
+
+class Prober:
+    """Requests through the VIP, one after the other, from the client, while it runs."""
+
+    def __init__(self, lab: Lab, connect_timeout: float = 0.1, timeout: float = 2.0) -> None:
+        self.lab = lab
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.attempts: list[_Attempt] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10 * time_scale())
+
+    def _run(self) -> None:
+        sources = self.lab.sources()
+        n = 0
+        while not self._stop.is_set():
+            start = time.monotonic()
+            error = ""
+            try:
+                self.lab.fetch(sources[n % len(sources)], timeout=self.timeout,
+                               connect_timeout=self.connect_timeout)
+            except OSError as err:
+                error = f"{sources[n % len(sources)]}: {err!r}"
+            self.attempts.append(_Attempt(start, time.monotonic(), not error, error))
+            ok = not error
+            n += 1
+            # a short pause: fine enough resolution, and the lab's keepalived keep the CPU
+            time.sleep(0.002 if not ok else 0.01)
+
+    def first_ok(self, after: float, timeout: float) -> float | None:
+        """End of the first successful request started at or after ``after``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for attempt in list(self.attempts):
+                if attempt.ok and attempt.start >= after:
+                    return attempt.end
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
+
+    def longest_gap(self, since: float) -> float:
+        """Longest time without a successful answer, from ``since`` to the last attempt."""
+        last, gap = since, 0.0
+        for attempt in self.attempts:
+            if attempt.ok and attempt.end >= since:
+                gap = max(gap, attempt.end - last)
+                last = attempt.end
+        return gap
+
+
+def fingerprint(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+class Lab:
+    """A lab described by its state directory; see the module docstring."""
+
+    def __init__(self, state: LabState, state_dir: Path,
+                 topology: Topology | None = None) -> None:
+        self.state = state
+        self.state_dir = state_dir
+        self._topology = topology  # set while planning; a loaded lab is up already
+
+    # -- planning and state ------------------------------------------------------------------
+
+    @classmethod
+    def plan(cls, topology: Topology, *, state_dir: Path = DEFAULT_STATE_DIR,
+             prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
+             client_sources: int = 6) -> Lab:
+        """Describe the lab (nothing is created yet): the topology moved into ``subnet``."""
+        topo = topology.rebased(subnet)
+        net = topo.network
+        taken = {net.vip.ip, *(n.address for n in topo.nodes)}
+        free = [a for a in list(net.subnet.hosts())[CLIENT_FIRST_OFFSET - 1:] if a not in taken]
+        if len(free) < client_sources:
+            raise UserError(f"subnet {subnet} has no room for {client_sources} client addresses "
+                            "from offset 50; use a /24")
+        nodes_dir = state_dir / "nodes"
+        controllers = [
+            Member(name=c.name, netns=f"{prefix}-{c.name}",
+                   addresses=[f"{c.address}/{net.subnet.prefixlen}"],
+                   config=str(nodes_dir / c.name / "ipvslb.yaml"),
+                   run_dir=str(nodes_dir / c.name / "run"))
+            for c in topo.controllers]
+        client = Member(name="client", netns=f"{prefix}-client",
+                        addresses=[f"{a}/{net.subnet.prefixlen}" for a in free[:client_sources]])
+        state = LabState(prefix=prefix, mode=topo.mode.value, subnet=str(net.subnet),
+                         vip=str(net.vip), api_port=net.api_server_port,
+                         switch=f"{prefix}-switch", controllers=controllers, client=client)
+        return cls(state, state_dir, topo)
+
+    @classmethod
+    def load(cls, state_dir: Path = DEFAULT_STATE_DIR) -> Lab:
+        path = state_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no lab is up (no {path}); start one with `ipvslb lab up`") from None
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is unreadable ({err}); remove the lab with "
+                            "`ipvslb lab down`") from None
+        return cls(LabState.from_json(data), state_dir)
+
+    @staticmethod
+    def exists(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
+        return (state_dir / STATE_FILE).exists()
+
+    def save(self) -> None:
+        write_atomic(self.state_dir / STATE_FILE, json.dumps(asdict(self.state), indent=1), 0o600)
+
+    @property
+    def vip(self) -> str:
+        return self.state.vip.split("/")[0]
+
+    @property
+    def mode(self) -> LabMode:
+        return LabMode(self.state.mode)
+
+    def controller(self, name: str) -> Member:
+        for member in self.state.controllers:
+            if member.name == name:
+                return member
+        known = ", ".join(m.name for m in self.state.controllers)
+        raise UserError(f"no controller {name!r} in this lab; controllers: {known}")
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.state.controllers]
+
+    # -- building ----------------------------------------------------------------------------
+
+    def up(self, timeout: float = 60.0) -> float:
+        """Build everything, start stand-ins and agents; return seconds until the VIP served."""
+        if self._topology is None:
+            raise UserError("this lab was loaded from its state; it is up already")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        try:
+            fd = os.open(self.state_dir / STATE_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                         0o600)
+        except FileExistsError:
+            raise UserError(f"a lab is up already ({self.state_dir / STATE_FILE}); see "
+                            "`ipvslb lab status`, or remove it with `ipvslb lab down`") from None
+        os.close(fd)
+        self.save()
+        self._build_network()
+        self._write_configs()
+        began = time.monotonic()
+        for member in self.state.controllers:
+            self.start_standin(member.name, wait=False)
+        for proc in self.procs("standin"):
+            wait_for(lambda p=proc: "ready" in p.output() or not p.alive(), 30,  # type: ignore[misc]
+                     f"the apiserver stand-in of {proc.node}")
+            if not proc.alive():
+                raise SystemStateError(f"lab: the stand-in of {proc.node} exited: "
+                                       f"{proc.output().strip()[-500:]}")
+        for member in self.state.controllers:
+            self.start_agent(member.name)
+        self.wait_serving(timeout)
+        self.wait_settled(timeout)
+        return time.monotonic() - began
+
+    def wait_settled(self, timeout: float = 30.0) -> str:
+        """Wait until the VIP holder's agent was told MASTER and every other one BACKUP (the
+        notify hook runs a moment after keepalived changes state); return the holder."""
+        def settled() -> str | None:
+            holder = self.holder()
+            if holder is None:
+                return None
+            states = {n: self.vrrp_state(n) for n in self.names()}
+            want = {n: "MASTER" if n == holder else "BACKUP" for n in self.names()}
+            return holder if states == want else None
+
+        return wait_for(settled, timeout, "the VRRP states to settle (one MASTER holding "
+                        "the VIP, the others BACKUP)", interval=0.05)
+
+    def _netns_add(self, name: str) -> None:
+        self.state.namespaces.append(name)
+        self.save()  # recorded before it exists: `down` finds it even if we crash right after
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _build_network(self) -> None:
+        switch = self.state.switch
+        self._netns_add(switch)
+        sh("ip", "-n", switch, "link", "add", "br0", "type", "bridge", "stp_state", "0",
+           "mcast_snooping", "0")
+        sh("ip", "-n", switch, "link", "set", "br0", "up")
+        for index, member in enumerate([*self.state.controllers, self.state.client]):
+            self._netns_add(member.netns)
+            port = f"p{index}"
+            sh("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", IFNAME,
+               "netns", member.netns)
+            sh("ip", "-n", switch, "link", "set", port, "master", "br0", "up")
+            for address in member.addresses:
+                sh("ip", "-n", member.netns, "addr", "add", address, "dev", IFNAME)
+            sh("ip", "-n", member.netns, "link", "set", IFNAME, "up")
+
+    def _write_configs(self) -> None:
+        assert self._topology is not None
+        for member in self.state.controllers:
+            text = render_node(self._topology, member.name, interface=IFNAME,
+                               run_dir=member.run_dir)
+            write_atomic(Path(member.config), text, 0o600)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def procs(self, role: str | None = None, node: str | None = None) -> list[Proc]:
+        return [p for p in self.state.processes
+                if (role is None or p.role == role) and (node is None or p.node == node)]
+
+    def proc(self, role: str, node: str) -> Proc | None:
+        found = self.procs(role, node)
+        return found[-1] if found else None
+
+    def _start(self, node: str, role: str, netns: str, argv: list[str]) -> Proc:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{node}-{role}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                ["ip", "netns", "exec", netns, *argv], stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        began = start_time(popen.pid)
+        proc = Proc(node=node, role=role, pid=popen.pid, start=began or 0, log=str(log))
+        self.state.processes = [p for p in self.state.processes
+                                if not (p.node == node and p.role == role)] + [proc]
+        self.save()
+        return proc
+
+    def start_standin(self, node: str, wait: bool = True) -> Proc:
+        member = self.controller(node)
+        proc = self._start(node, "standin", member.netns, [
+            sys.executable, "-m", "ipvslb.lab.standin", "--name", node,
+            "--port", str(self.state.api_port), "--cert-dir", str(self.state_dir / "certs")])
+        if wait:
+            wait_for(lambda: "ready" in proc.output() or not proc.alive(), 30,
+                     f"the apiserver stand-in of {node}")
+        return proc
+
+    def start_agent(self, node: str) -> Proc:
+        member = self.controller(node)
+        return self._start(node, "agent", member.netns,
+                           [sys.executable, "-m", "ipvslb", "up", "-c", member.config])
+
+    def keepalived_pids(self, node: str) -> list[int]:
+        """keepalived's processes of ``node`` (main, VRRP, checker) from its pid files."""
+        run_dir = Path(self.controller(node).run_dir)
+        pids = []
+        for name in KEEPALIVED_PID_FILES:
+            try:
+                pid = int((run_dir / name).read_text().strip())
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "keepalived":
+                    pids.append(pid)
+            except (FileNotFoundError, ValueError, ProcessLookupError):
+                continue
+        return pids
+
+    def crash(self, node: str, agent: bool = True, keepalived: bool = True) -> list[int]:
+        """SIGKILL ``node``'s agent and/or its keepalived processes, as a crash would.
+
+        Like ``systemctl kill -s KILL`` on the unit, all at once: every victim is frozen
+        (SIGSTOP) before any is killed, so none can react to another's death (keepalived's
+        children get a parent-death signal, the agent cleans up when keepalived dies).
+        Returns the pids killed.
+        """
+        proc = self.proc("agent", node) if agent else None
+        victims = self.keepalived_pids(node) if keepalived else []
+        if proc is not None and proc.alive():
+            victims.append(proc.pid)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        if proc is not None:
+            wait_for(lambda: not proc.alive(), 10, f"the agent of {node} to die")
+        return victims
+
+    def restart_agent(self, node: str, timeout: float = 30.0) -> float:
+        """Start ``node``'s `ipvslb up` again and wait until it is a VRRP backup and the VIP
+        is on one controller only; return the seconds that took."""
+        began = time.monotonic()
+        self.start_agent(node)
+        wait_for(lambda: self.vrrp_state(node) == "BACKUP", timeout,
+                 f"{node}'s agent to rejoin as a VRRP backup")
+        wait_for(lambda: len(self.holders()) == 1, timeout, "the VIP on one controller only")
+        return time.monotonic() - began
+
+    def stop_agent(self, node: str, grace: float = 10.0) -> None:
+        """SIGTERM the agent (a clean stop: it removes what it added) and wait for it."""
+        proc = self.proc("agent", node)
+        if proc is not None:
+            proc.stop(grace)
+
+    # -- looking at it -----------------------------------------------------------------------
+
+    def addresses(self, netns: str, ifname: str = IFNAME) -> list[str] | None:
+        """Addresses (address/prefix) on ``ifname`` in ``netns``; None when there is no link."""
+        out = sh("ip", "-j", "-n", netns, "addr", "show", "dev", ifname, check=False)
+        if not out.strip():
+            return None
+        return [f"{a['local']}/{a['prefixlen']}" for link in json.loads(out)
+                for a in link.get("addr_info", [])]
+
+    def holders(self) -> list[str]:
+        """Controllers whose eth0 holds the VIP."""
+        return [m.name for m in self.state.controllers
+                if any(a.split("/")[0] == self.vip for a in self.addresses(m.netns) or [])]
+
+    def holder(self) -> str | None:
+        found = self.holders()
+        return found[0] if len(found) == 1 else None
+
+    def dummy_addresses(self, node: str, ifname: str = "dummyvip0") -> list[str] | None:
+        return self.addresses(self.controller(node).netns, ifname)
+
+    def brief(self, node: str) -> str:
+        """`ip -br addr show dev eth0` in the node's namespace (the walkthrough's view)."""
+        return sh("ip", "-n", self.controller(node).netns, "-br", "addr", "show", "dev",
+                  IFNAME).strip()
+
+    def vrrp_state(self, node: str) -> str:
+        """The VRRP state keepalived last reported to ``node``'s agent (``-``: none yet)."""
+        from ipvslb.vs_switch import read_state
+
+        try:
+            return read_state(Path(self.controller(node).run_dir), 0) or "-"
+        except PermissionError:
+            return "-"
+
+    def iptables_rules(self, node: str) -> list[str]:
+        from ipvslb import iptables
+
+        return iptables.current_rules(netns=self.controller(node).netns)
+
+    def certificates(self) -> dict[str, str]:
+        """Fingerprint -> controller name, from the stand-ins' certificate files."""
+        found = {}
+        for name in self.names():
+            try:
+                pem = (self.state_dir / "certs" / f"{name}.crt").read_text()
+            except FileNotFoundError:
+                continue
+            found[fingerprint(ssl.PEM_cert_to_DER_cert(pem))] = name
+        return found
+
+    def fetch(self, source: str | None = None, timeout: float = 2.0,
+              target: str | None = None, port: int | None = None,
+              connect_timeout: float | None = None) -> Fetch:
+        """GET / over HTTPS from the client namespace to the VIP (or ``target``), from
+        ``source`` (one of the client's addresses); raises OSError when it fails.
+
+        ``connect_timeout`` (default ``timeout``) bounds the TCP handshake alone: on the lab's
+        bridge an answer takes microseconds, so a short one finds a dead path fast, while TLS
+        and the answer get ``timeout`` (a busy machine can be slow there)."""
+        host = target or self.vip
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with netns_mod.entered(self.state.client.netns):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        with sock:
+            sock.settimeout(connect_timeout or timeout)
+            if source:
+                sock.bind((source, 0))
+            sock.connect((host, port or self.state.api_port))
+            sock.settimeout(timeout)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # stand-ins' own certificates; we compare them
+            with context.wrap_socket(sock) as tls:
+                der = tls.getpeercert(binary_form=True) or b""
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+                chunks = []
+                while chunk := tls.recv(65536):
+                    chunks.append(chunk)
+        reply = b"".join(chunks).decode(errors="replace")
+        head, _, body = reply.partition("\r\n\r\n")
+        if not head.startswith("HTTP/1.1 200"):
+            raise OSError(f"unexpected answer through the VIP: {head[:80]!r}")
+        return Fetch(source or "", body.strip(), fingerprint(der))
+
+    def sources(self) -> list[str]:
+        return [a.split("/")[0] for a in self.state.client.addresses]
+
+    def fetch_round(self, rounds: int = 2, timeout: float = 2.0) -> list[Fetch]:
+        """One request from each client source address, ``rounds`` times."""
+        return [self.fetch(src, timeout) for _ in range(rounds) for src in self.sources()]
+
+    def wait_serving(self, timeout: float = 60.0) -> str:
+        """Wait until exactly one controller holds the VIP and a request through it succeeds;
+        return the holder."""
+        def ready() -> str | None:
+            holder = self.holder()
+            if holder is None:
+                return None
+            self.fetch(timeout=1.0)
+            return holder
+
+        return wait_for(ready, timeout, f"the VIP {self.vip} on one controller, serving",
+                        interval=0.05)
+
+    def watch(self) -> Any:
+        """A VipWatch over the controllers (event-driven: sees every moment of two holders)."""
+        from ipvslb.lab.vipwatch import VipWatch
+
+        return VipWatch({m.name: m.netns for m in self.state.controllers}, self.vip, IFNAME)
+
+    # -- failover ----------------------------------------------------------------------------
+
+    def failover(self, how: str = "crash", restart: bool = True, timeout: float = 15.0,
+                 probe_timeout: float = 0.1) -> Failover:
+        """Take the VIP holder down, time the takeover, and bring the node back.
+
+        ``how``: ``crash`` (SIGKILL its agent and keepalived), ``keepalived`` (SIGKILL
+        keepalived only: the agent lives, must remove the VIP at once and respawns keepalived),
+        ``term`` (SIGTERM the agent: a clean stop). With ``restart`` (crash, term) the node's
+        `ipvslb up` is started again. Requests go through the VIP the whole time; the VIP's
+        holders are followed from kernel events.
+        """
+        if how not in ("crash", "keepalived", "term"):
+            raise UserError(f"failover {how!r}: use crash, keepalived or term")
+        old = self.wait_serving(timeout)
+        limit = timeout * time_scale()
+        prober = Prober(self, probe_timeout * time_scale(), 2.0 * time_scale())
+        with self.watch() as watch, prober:
+            watch.reset()
+            began = time.monotonic()
+            if how == "term":
+                agent = self.proc("agent", old)
+                killed = [agent.pid] if agent is not None and agent.signal(signal.SIGTERM) else []
+            else:
+                killed = self.crash(old, agent=how == "crash")
+            moved = watch.wait_for(lambda h: any(n != old for n in h), limit)
+            served = prober.first_ok(moved[0], limit) if moved else None
+            restarted: float | None = None
+            if how == "keepalived":
+                wait_for(lambda: self.keepalived_pids(old) and
+                         self.vrrp_state(old) == "BACKUP", timeout,
+                         f"{old}'s agent to respawn keepalived")
+            else:
+                agent = self.proc("agent", old)
+                if agent is not None:
+                    wait_for(lambda: not agent.alive(), timeout, f"the agent of {old} to exit")
+                if restart:
+                    self.restart_agent(old, timeout)
+                    restarted = time.monotonic()
+            if restart or how != "crash":  # a crashed node keeps its VIP until restarted
+                wait_for(lambda: len(self.holders()) == 1, timeout, "one VIP holder")
+            time.sleep(0.2)  # a little more probing with the node back
+            ended = time.monotonic()
+        new = next((n for n in moved[1] if n != old), None) if moved else None
+        timeline = tuple((round(t - began, 4), h) for t, h in watch.timeline)
+        ok_after = [a for a in prober.attempts if served is not None and a.start >= served]
+        return Failover(
+            how=how, old=old, new=new, killed=tuple(killed),
+            vip_moved=(moved[0] - began) if moved else None,
+            served=(served - began) if served is not None else None,
+            two_holders=watch.two_holder_seconds(), max_holders=watch.max_holders,
+            probes=len(prober.attempts),
+            failed_after_served=sum(not a.ok for a in ok_after),
+            longest_gap=prober.longest_gap(began),
+            timeline=timeline, restarted=(restarted - began) if restarted is not None else None,
+            dual_masters=time_where(timeline, ended - began,
+                                    lambda h: len([n for n in h if n != old]) >= 2),
+            stale_vip=time_where(timeline, ended - began,
+                                 lambda h: old in h and len(h) >= 2))
+
+    # -- tearing down ------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop every process (by pid), delete every namespace, remove the state directory.
+
+        Returns what it did, one line each. Idempotent; keeps going past errors and raises
+        one SystemStateError listing them at the end.
+        """
+        done: list[str] = []
+        errors: list[str] = []
+        agents = [p for p in self.state.processes if p.role == "agent"]
+        for proc in agents:
+            proc.signal(signal.SIGCONT)  # a frozen agent cannot stop cleanly
+            proc.signal(signal.SIGTERM)
+        for proc in self.state.processes:
+            try:
+                if proc.alive():
+                    proc.stop(grace=10.0)
+                    done.append(f"stopped {proc.role} of {proc.node} (pid {proc.pid})")
+            except SystemStateError as err:
+                errors.append(str(err))
+        for name in self.state.namespaces:
+            for pid in pids_in_netns(name):  # keepalived of a killed agent, anything else
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                done.append(f"killed pid {pid} left in {name}")
+        for name in reversed(self.state.namespaces):
+            if netns_inode(name) is None:
+                continue
+            with contextlib.suppress(SystemStateError):
+                wait_for(lambda n=name: not pids_in_netns(n), 5,  # type: ignore[misc]
+                         f"processes in {name} to exit")
+            out = subprocess.run(["ip", "netns", "delete", name], capture_output=True,
+                                 text=True, check=False)
+            if out.returncode == 0:
+                done.append(f"deleted netns {name}")
+            else:
+                errors.append(f"deleting netns {name}: {out.stderr.strip()}")
+        if not errors:
+            self._remove_state_dir()
+        if errors:
+            raise SystemStateError("lab down: " + "; ".join(errors))
+        return done
+
+    def _remove_state_dir(self) -> None:
+        for sub in ("nodes", "certs", "logs"):
+            shutil.rmtree(self.state_dir / sub, ignore_errors=True)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()
+
+
+def leftover_namespaces(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Namespaces named like a lab's (``<prefix>-...``), e.g. after the state dir was lost."""
+    out = sh("ip", "netns", "list", check=False)
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(prefix + "-")]
+
+
+def down_leftovers(prefix: str = DEFAULT_PREFIX, state_dir: Path = DEFAULT_STATE_DIR
+                   ) -> list[str]:
+    """Remove a lab whose state file is gone: its namespaces and what runs in them."""
+    names = leftover_namespaces(prefix)
+    if not names:
+        return []
+    state = LabState(prefix=prefix, mode="", subnet="", vip="", api_port=0, switch="",
+                     controllers=[], client=Member("client", "", []), namespaces=names)
+    return Lab(state, state_dir).down()
+
+
+@contextlib.contextmanager
+def running(lab: Lab, timeout: float = 60.0) -> Iterator[Lab]:
+    """``lab.up()`` then, whatever happens (errors, Ctrl-C), ``lab.down()``."""
+    try:
+        lab.up(timeout)
+        yield lab
+    finally:
+        lab.down()
+
+
+def with_advert(topology: Topology, interval: float | None = None,
+                seconds: int | None = None) -> Topology:
+    """The topology with another VRRP advert interval (VRRPv3 ``interval`` or VRRPv2
+    ``seconds``, k0s's setting); both None: ipvslb's default."""
+    net = replace(topology.network, advert_interval=interval, advert_interval_seconds=seconds)
+    if seconds is not None and net.auth_pass is None:
+        net = replace(net, auth_pass="ipvslab")
+    return replace(topology, network=net)
+
+
+def kernel_has_ipvs(probe_netns: str) -> tuple[bool, str]:
+    """Whether this kernel can run virtual-servers mode (IPVS and dummy links); and why not.
+
+    Tries ``modprobe`` quietly, then creates a dummy link in a throw-away namespace.
+    """
+    if shutil.which("modprobe"):
+        subprocess.run(["modprobe", "-q", "-a", "ip_vs", "ip_vs_rr", "dummy"],
+                       capture_output=True, check=False, timeout=30)
+    missing = []
+    if not Path("/proc/net/ip_vs").exists():
+        missing.append("IPVS")
+    created = subprocess.run(["ip", "netns", "add", probe_netns], capture_output=True,
+                             check=False).returncode == 0
+    try:
+        ok = created and subprocess.run(
+            ["ip", "-n", probe_netns, "link", "add", "probe0", "type", "dummy"],
+            capture_output=True, check=False).returncode == 0
+    finally:
+        if created:
+            subprocess.run(["ip", "netns", "delete", probe_netns], capture_output=True,
+                           check=False)
+    if not ok:
+        missing.append("dummy links")
+    return not missing, " and ".join(missing)
+

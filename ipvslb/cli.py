@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "notify": "ipvslb.cmd_notify:notify",
     "up": "ipvslb.cmd_agent:up",
     "down": "ipvslb.cmd_agent:down",
+    "lab": "ipvslb.cmd_lab:lab",
 }
 
 

@@ -207,6 +207,17 @@ class Proxy:
         return ProxyStats(listen, self._active, self._total, self._rejected, self._failed,
                           self._balancer.stats())
 
+    def log_stats(self) -> None:
+        """Log the counters as one line (for a periodic status log)."""
+        st = self.stats()
+        log.info("proxy stats", extra={
+            "active": st.active, "total": st.total, "rejected": st.rejected, "failed": st.failed,
+            "backends": " ".join(
+                f"{b.backend}:active={b.active},total={b.total},failures={b.failures}"
+                + (",ejected" if b.ejected else "") + (",removed" if b.removed else "")
+                for b in st.backends),
+        })
+
     # -- accepting ---------------------------------------------------------------------------
     def _listen(self) -> socket.socket:
         host = self.listen_host or ""

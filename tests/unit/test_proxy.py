@@ -553,6 +553,25 @@ def test_uvloop_runs_the_proxy() -> None:
     uvloop.run(main())
 
 
+def test_log_stats_reports_counters(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        dead = Backend("127.0.0.1", free_port())
+        async with Server(named("a")) as a:
+            proxy = Proxy("127.0.0.1", 0, [dead, a.backend])
+            await proxy.start()
+            assert await hello(proxy) == "a"
+            await wait_for(lambda: proxy.stats().active == 0)
+            caplog.set_level("INFO", logger="ipvslb.proxy")
+            proxy.log_stats()
+            await proxy.stop(1)
+
+    run(main())
+    record = next(r for r in caplog.records if r.getMessage() == "proxy stats")
+    assert (record.active, record.total, record.failed) == (0, 1, 0)  # type: ignore[attr-defined]
+    assert "failures=1,ejected" in record.backends  # type: ignore[attr-defined]
+    assert "active=0,total=1,failures=0" in record.backends  # type: ignore[attr-defined]
+
+
 def test_unknown_engine_is_rejected() -> None:
     with pytest.raises(ValueError, match="engine"):
         Proxy("127.0.0.1", 0, [], engine="magic")

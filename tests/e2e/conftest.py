@@ -1,0 +1,53 @@
+"""Fixtures for the end-to-end tests: the one-machine lab (``ipvslb.lab.nslab``).
+
+Each test gets its own lab: a bridge, three controller namespaces (apiserver stand-in on
+:6443 + `ipvslb up` with real keepalived) and a client namespace, all named
+``ipvslbe2e<pid>-...`` and removed afterwards (processes stopped by pid, namespaces deleted).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipvslb.config import Role
+from ipvslb.lab.nslab import Lab
+from ipvslb.lab.topology import LabMode, Topology
+
+
+def lab_requirements() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces)"
+    for tool, package in (("ip", "iproute2"), ("iptables", "iptables"), ("openssl", "openssl")):
+        if shutil.which(tool) is None:
+            return f"`{tool}` missing (apt-get install {package})"
+    if not os.access("/usr/sbin/keepalived", os.X_OK):
+        return "keepalived missing (apt-get install keepalived)"
+    return None
+
+
+def print_logs(lab: Lab) -> None:
+    for proc in lab.state.processes:
+        print(f"--- {proc.node} {proc.role} (pid {proc.pid})\n{proc.output()[-6000:]}")
+
+
+@pytest.fixture
+def userspace_lab(tmp_path: Path) -> Iterator[Lab]:
+    """Three controller+worker nodes (userspace mode) and a client, up and serving."""
+    why = lab_requirements()
+    if why:
+        pytest.skip(why)
+    topology = (Topology.load().select(controllers=3, workers=0)
+                .with_mode(LabMode.USERSPACE).with_role(Role.CONTROLLER_WORKER))
+    lab = Lab.plan(topology, state_dir=tmp_path / "lab", prefix=f"ipvslbe2e{os.getpid()}")
+    try:
+        lab.up(timeout=60)
+        yield lab
+    finally:
+        print_logs(lab)
+        lab.down()

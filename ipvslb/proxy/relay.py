@@ -33,7 +33,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-PIPE_SIZE = 1 << 20  # bytes one splice may move; the kernel may grant less
+PIPE_SIZE = 1 << 18  # bytes one splice may move (the kernel may grant less); see bench/proxy
 POOL_KEEP = 64  # idle pipes kept for reuse
 COPY_CHUNK = 1 << 16  # a copy read this full means bulk: switch to splice (auto)
 SPLICE_SMALL = 1 << 14  # a splice read below this means small messages again: copy (auto)

@@ -39,6 +39,7 @@ class _Target:
     failures: int = 0
     path: str = "/readyz"
     reason: str = ""
+    auth_warned: bool = False
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -243,6 +244,14 @@ class HealthChecker:
                      extra={"backend": str(backend), "path": self.fallback_path})
             target.path = self.fallback_path
             status = await self._get(target)
+        if status in (401, 403):
+            # Anonymous access to the health paths is off (--anonymous-auth=false): the
+            # apiserver answered over TLS, which is all that can be checked without credentials.
+            if not target.auth_warned:
+                log.warning("health path needs credentials; checking liveness only",
+                            extra={"backend": str(backend), "status": status})
+                target.auth_warned = True
+            return
         if status != 200:
             raise ProbeError(f"GET {target.path}: HTTP {status}")
 

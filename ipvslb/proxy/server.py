@@ -110,7 +110,7 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
         self._poller = Poller(self._loop)
         self._idle = asyncio.Event()
-        _raise_nofile_limit()
+        _raise_nofile_limit(self.max_connections)
         self._listener = self._listen()
         self._loop.add_reader(self._listener.fileno(), self._on_accept)
         log.info(
@@ -265,7 +265,7 @@ class Proxy:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # EMFILE, ENFILE, ENOBUFS...: keep serving open connections
-                log.warning("accept failed", extra={"error": str(err)})
+                self._pause_accepting(err)
                 return
             if self._active >= self.max_connections:
                 self._reject(client)
@@ -274,6 +274,19 @@ class Proxy:
             self._active += 1
             self._total += 1
             self._connect(client, self._balancer.candidates(self.connect_attempts), None)
+
+    def _pause_accepting(self, err: OSError) -> None:
+        """Out of descriptors or memory: stop accepting for a moment instead of spinning."""
+        assert self._loop is not None and self._listener is not None
+        log.warning("accept failed; pausing new connections for 1s",
+                    extra={"error": str(err), "active": self._active})
+        self._loop.remove_reader(self._listener.fileno())
+
+        def resume() -> None:
+            if self._listener is not None and self._loop is not None:
+                self._loop.add_reader(self._listener.fileno(), self._on_accept)
+
+        self._loop.call_later(1.0, resume)
 
     def _reject(self, client: socket.socket) -> None:
         self._rejected += 1
@@ -419,8 +432,12 @@ def _names(backends: Sequence[Backend]) -> str:
     return ",".join(str(b) for b in backends)
 
 
-def _raise_nofile_limit() -> None:
+def _raise_nofile_limit(max_connections: int) -> None:
     """Raise the soft open-files limit to the hard one (each connection needs 2 descriptors)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < 2 * max_connections + 256:
+        log.warning("the open-files limit allows fewer connections than max_connections",
+                    extra={"nofile": hard, "max_connections": max_connections,
+                           "fix": "raise LimitNOFILE (systemd) or ulimit -n"})

@@ -263,6 +263,22 @@ def test_readyz_404_falls_back_to_healthz(pki: dict[str, Path]) -> None:
     run(main())
 
 
+def test_health_path_needing_credentials_counts_as_alive(
+    pki: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with good(pki) as a:
+            a.status = {"/readyz": 401}
+            hc = HealthChecker([a.backend], lambda u: None, ca_file=str(pki["ca"]), **FAST)
+            await hc.start()
+            await wait_for(lambda: len(a.requests) >= 3)
+            assert hc.healthy == [a.backend]
+            await hc.stop()
+
+    run(main())
+    assert caplog.text.count("checking liveness only") == 1
+
+
 def test_server_closing_each_connection_is_not_a_failure(pki: dict[str, Path]) -> None:
     async def main() -> None:
         results: list[bool] = []

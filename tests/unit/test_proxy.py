@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -570,6 +571,66 @@ def test_log_stats_reports_counters(caplog: pytest.LogCaptureFixture) -> None:
     assert (record.active, record.total, record.failed) == (0, 1, 0)  # type: ignore[attr-defined]
     assert "failures=1,ejected" in record.backends  # type: ignore[attr-defined]
     assert "active=0,total=1,failures=0" in record.backends  # type: ignore[attr-defined]
+
+
+PROXY_WITH_FEW_FDS = """
+import asyncio, resource, sys
+from ipvslb import logfmt
+from ipvslb.endpoints.source import Backend
+from ipvslb.proxy import Proxy
+logfmt.setup()
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+async def main():
+    proxy = Proxy("127.0.0.1", 0, [Backend("127.0.0.1", int(sys.argv[1]))])
+    await proxy.start()
+    print(proxy.address[1], flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_out_of_descriptors_pauses_accepting_and_recovers() -> None:
+    """A real EMFILE: the proxy runs with a 48-descriptor limit in its own process."""
+
+    async def main() -> None:
+        async with Server(named("a")) as a:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PROXY_WITH_FEW_FDS, str(a.port),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                assert proc.stdout is not None and proc.stderr is not None
+                port = int(await asyncio.wait_for(proc.stdout.readline(), 10))
+                held = []
+                for _ in range(30):  # more than 48 descriptors' worth of relayed connections
+                    held.append(await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port), T))
+                lines = await asyncio.gather(
+                    *(asyncio.wait_for(r.readline(), 1.5) for r, _w in held),
+                    return_exceptions=True)
+                served = sum(line == b"a\n" for line in lines)
+                assert 0 < served < 30
+                cpu_before = cpu_ticks(proc.pid)
+                await asyncio.sleep(1.0)  # paused: not spinning on the listener
+                assert cpu_ticks(proc.pid) - cpu_before < 30
+                for _r, w in held:
+                    w.close()
+                await asyncio.sleep(1.2)  # the pause ends; the backlog is served
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), T)
+                assert await asyncio.wait_for(r.readline(), T) == b"a\n"
+                w.close()
+            finally:
+                proc.kill()
+                await proc.wait()
+                assert proc.stderr is not None
+                log = (await proc.stderr.read()).decode()
+            assert "accept failed; pausing new connections" in log
+
+    run(main())
 
 
 def test_unknown_engine_is_rejected() -> None:

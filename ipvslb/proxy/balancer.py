@@ -93,6 +93,8 @@ class Balancer:
         The caller handles an empty list (kept as "no change"); here it empties the rotation.
         """
         wanted = list(dict.fromkeys(backends))
+        if set(wanted) == {s.backend for s in self._current}:
+            return [], []  # same set (perhaps reordered): keep the rotation as it is
         added: list[BackendState] = []
         for backend in wanted:
             state = self._states.get(backend)

@@ -14,6 +14,7 @@ import pytest
 
 from ipvslb.endpoints.source import Backend
 from ipvslb.health import HealthChecker
+from ipvslb.proxy import Proxy
 
 FAST: dict[str, Any] = {"interval": 0.05, "timeout": 0.5}
 
@@ -61,8 +62,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Api:
     """A TLS (or plain) HTTP/1.1 keep-alive server answering health paths."""
 
-    def __init__(self, cert: tuple[Path, Path] | None) -> None:
+    def __init__(self, cert: tuple[Path, Path] | None, name: str = "api") -> None:
         self.cert = cert
+        self.name = name
         self.status: dict[str, int] = {"/readyz": 200, "/healthz": 200}
         self.connections = 0
         self.requests: list[str] = []
@@ -81,8 +83,10 @@ class Api:
                 self.requests.append(path)
                 if self.hang:
                     await asyncio.sleep(3600)
-                code = self.status.get(path, 404)
+                code = 200 if path == "/name" else self.status.get(path, 404)
                 body = b"ok" if code == 200 else b"[-]etcd failed: reason withheld"
+                if path == "/name":
+                    body = self.name.encode()
                 extra = "Connection: close\r\n" if self.close_each else ""
                 w.write(f"HTTP/1.1 {code} X\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
                         .encode() + body)
@@ -361,3 +365,48 @@ def test_update_adds_and_removes_backends(pki: dict[str, Path]) -> None:
 def test_bad_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="mode"):
         HealthChecker([], lambda u: None, mode="icmp")
+
+
+def test_checker_feeding_the_proxy_skips_a_dead_backend(pki: dict[str, Path]) -> None:
+    """HTTPS clients through the proxy while one of three apiservers stops: none fails."""
+
+    async def ask(port: int, ctx: ssl.SSLContext) -> str:
+        r, w = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"), 5)
+        w.write(b"GET /name HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        name = (await r.readexactly(length)).decode()
+        w.close()
+        return name
+
+    async def main() -> None:
+        ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+        cert = (pki["good_crt"], pki["good_key"])
+        async with Api(cert, "a") as a, Api(cert, "b") as b, Api(cert, "c") as c:
+            backends = [a.backend, b.backend, c.backend]
+            proxy = Proxy("127.0.0.1", 0, backends)
+
+            def readmit_passing(backend: Backend, ok: bool) -> None:
+                if ok:
+                    proxy.readmit([backend])
+
+            hc = HealthChecker(backends, proxy.update, ca_file=str(pki["ca"]), fall=2,
+                               on_result=readmit_passing, **FAST)
+            proxy.on_eject = hc.report_failure
+            await proxy.start()
+            await hc.start()
+            port = proxy.address[1]
+            assert sorted([await ask(port, ctx) for _ in range(6)]) == sorted("abc" * 2)
+            b.status["/readyz"] = 500  # b stops being ready (as in a graceful shutdown)...
+            await wait_for(lambda: b.backend not in proxy.backends)
+            assert b.server is not None
+            b.server.close()  # ...then stops listening
+            names = [await ask(port, ctx) for _ in range(20)]
+            assert set(names) == {"a", "c"}
+            stats = proxy.stats()
+            assert stats.failed == 0
+            await hc.stop()
+            await proxy.stop(1)
+
+    run(main())

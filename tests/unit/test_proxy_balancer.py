@@ -82,3 +82,10 @@ def test_readded_backend_starts_fresh() -> None:
     bal.update([B])
     added, _ = bal.update([A, B])
     assert added == [state_a] and not state_a.removed and not state_a.ejected(1e12)
+
+
+def test_update_with_the_same_set_keeps_the_rotation() -> None:
+    bal = Balancer([A, B, C])
+    assert first(bal) == A
+    assert bal.update([C, B, A]) == ([], [])
+    assert [first(bal) for _ in range(3)] == [B, C, A]

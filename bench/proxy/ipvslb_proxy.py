@@ -16,7 +16,7 @@ from ipvslb.proxy import Proxy
 
 
 async def serve(port: int, engine: str, backends: list[Backend]) -> None:
-    proxy = Proxy("127.0.0.1", port, backends, engine=engine, max_connections=9_900)
+    proxy = Proxy("127.0.0.1", port, backends, engine=engine, max_connections=9_800)
     await proxy.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -33,6 +33,7 @@ from ipvslb.ipvs.netlink import (
     dest_request,
     service_request,
 )
+from ipvslb.ipvs.read import read_table
 
 log = logfmt.get("ipvs")
 
@@ -93,9 +94,7 @@ class Applier:
 
     def refresh(self) -> dict[Key, Service]:
         """Read the kernel's table (one dump per service) and remember it."""
-        ipvs = self.ipvs
-        self.known = {_service_key(s): s._replace(dests=tuple(ipvs.dests(s)))
-                      for s in ipvs.services()}
+        self.known = {_service_key(s): s for s in read_table(self.ipvs, info=False).services}
         return self.known
 
     # -- whole tables

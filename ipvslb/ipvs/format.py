@@ -177,6 +177,13 @@ def sort_dests(dests: Sequence[Dest]) -> list[Dest]:
     """Real servers in ``ipvsadm -L`` order."""
     if len(dests) <= 1:
         return list(dests)
+    if all(d.family == AF_INET for d in dests):  # the common case, kept cheap
+        pton = socket.inet_pton
+        keyed = [(int.from_bytes(pton(AF_INET, d.address), "big"), d.port, i)
+                 for i, d in enumerate(dests)]
+        if max(keyed)[0] - min(keyed)[0] < _WRAP_LIMIT:
+            keyed.sort()
+            return [dests[k[2]] for k in keyed]
     keys = [_dest_key(d) for d in dests]
     families = {k[0] for k in keys}
     consistent = len(families) == 1

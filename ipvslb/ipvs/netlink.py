@@ -276,13 +276,39 @@ def _stats_of(data: bytes, a: dict[int, tuple[int, int]], wide_attr: int, narrow
 
 
 def _nest(msg: Message, attr: int) -> dict[int, tuple[int, int]] | None:
-    top = attrs(msg.data, msg.start + 4, msg.end)  # after the 4-byte genl header
-    span = top.get(attr)
+    """The attributes inside top-level attribute ``attr`` (after the 4-byte genl header)."""
+    start = msg.start + 4
+    if msg.end - start >= 4:  # the kernel puts the nest first: skip the general walk
+        length, atype = _NLA.unpack_from(msg.data, start)
+        if atype & 0x3FFF == attr and start + length <= msg.end:
+            return attrs(msg.data, start + 4, start + length)
+    span = attrs(msg.data, start, msg.end).get(attr)
     return attrs(msg.data, span[0], span[1]) if span else None
 
 
-def decode_service(msg: Message, stats: bool = False) -> Service | None:
-    a = _nest(msg, ATTR_SERVICE)
+def _raw_attr(data: bytes, span: tuple[int, int]) -> bytes:
+    """An attribute's bytes as received (header, payload, padding)."""
+    return data[span[0] - 4:span[0] + ((span[1] - span[0] + 3) & ~3)]
+
+
+def service_key_bytes(msg: Message, a: dict[int, tuple[int, int]] | None = None
+                      ) -> bytes | None:
+    """The identifying attributes of a dumped service, ready to send back in a request."""
+    if a is None:
+        a = _nest(msg, ATTR_SERVICE)
+    if a is None:
+        return None
+    keys = (SVC_AF, SVC_FWMARK) if SVC_FWMARK in a else (SVC_AF, SVC_PROTOCOL, SVC_ADDR,
+                                                          SVC_PORT)
+    if any(k not in a for k in keys):
+        return None
+    return b"".join(_raw_attr(msg.data, a[k]) for k in keys)
+
+
+def decode_service(msg: Message, stats: bool = False,
+                   a: dict[int, tuple[int, int]] | None = None) -> Service | None:
+    if a is None:
+        a = _nest(msg, ATTR_SERVICE)
     if a is None or SVC_AF not in a:
         return None
     data = msg.data
@@ -313,6 +339,40 @@ def decode_service(msg: Message, stats: bool = False) -> Service | None:
         (),
         _stats_of(data, a, SVC_STATS64, SVC_STATS) if stats else None,
     )
+
+
+# The kernel writes a real server's attributes in one fixed order with fixed sizes
+# (ip_vs_genl_fill_dest). One struct call decodes them all; the lengths and types read along
+# are compared with the expected ones, and anything else goes through the generic decoder.
+_DEST_LAYOUT = (
+    (DEST_ADDR, 16, "16s"), (DEST_PORT, 2, "2s2x"), (DEST_FWD_METHOD, 4, "I"),
+    (DEST_WEIGHT, 4, "I"), (DEST_TUN_TYPE, 1, "B3x"), (DEST_TUN_PORT, 2, "2s2x"),
+    (DEST_TUN_FLAGS, 2, "H2x"), (DEST_U_THRESH, 4, "I"), (DEST_L_THRESH, 4, "I"),
+    (DEST_ACTIVE_CONNS, 4, "I"), (DEST_INACT_CONNS, 4, "I"), (DEST_PERSIST_CONNS, 4, "I"),
+    (DEST_ADDR_FAMILY, 2, "H2x"))
+_DEST_FAST = struct.Struct("=HH" + "".join("HH" + code for _, _, code in _DEST_LAYOUT))
+_DEST_LENS = tuple(4 + size for _, size, _ in _DEST_LAYOUT)
+_DEST_TYPES = tuple(atype for atype, _, _ in _DEST_LAYOUT)
+
+
+def decode_dest_fast(msg: Message, stats: bool = False) -> Dest | None:
+    """``decode_dest`` for messages in the kernel's usual layout; None for any other."""
+    start = msg.start + 4
+    data = msg.data
+    if msg.end - start < _DEST_FAST.size:
+        return None
+    v = _DEST_FAST.unpack_from(data, start)
+    if v[1] != ATTR_DEST or v[2::3] != _DEST_LENS or v[3::3] != _DEST_TYPES:
+        return None
+    addr, port, fwd, weight, tun_type, tun_port, tun_flags, upper, lower, active, inactive, \
+        persist, family = v[4::3]
+    st = None
+    if stats:
+        st = _stats_of(data, attrs(data, start + _DEST_FAST.size, start + v[0]),
+                       DEST_STATS64, DEST_STATS)
+    return Dest(socket.inet_ntop(family, addr if family == AF_INET6 else addr[:4]),
+                int.from_bytes(port, "big"), family, fwd, weight, upper, lower, tun_type,
+                int.from_bytes(tun_port, "big"), tun_flags, active, inactive, persist, st)
 
 
 def decode_dest(msg: Message, svc_family: int, stats: bool = False) -> Dest | None:
@@ -494,6 +554,17 @@ class IPVS:
                 out.append(svc)
         return out
 
+    def services_and_keys(self, stats: bool = False) -> list[tuple[Service, bytes]]:
+        """Every service with its identifying attributes as the kernel sent them (so the
+        real-server dump of each needs no encoding)."""
+        out = []
+        for msg in self._dump(CMD_GET_SERVICE, what="listing services"):
+            a = _nest(msg, ATTR_SERVICE)
+            svc = decode_service(msg, stats, a)
+            if svc is not None:
+                out.append((svc, service_key_bytes(msg, a) or encode_service_key(svc)))
+        return out
+
     def service(self, key: Service, stats: bool = False) -> Service | None:
         """The service with ``key``'s identity, or None."""
         try:
@@ -508,17 +579,20 @@ class IPVS:
                 return svc
         return None
 
-    def dests(self, svc: Service, stats: bool = False) -> list[Dest]:
-        """The real servers of ``svc`` in the kernel's order (empty if the service is gone)."""
-        body = genl(CMD_GET_DEST, _a_nest(ATTR_SERVICE, encode_service_key(svc)))
+    def dests(self, svc: Service, stats: bool = False, key: bytes | None = None
+              ) -> list[Dest]:
+        """The real servers of ``svc`` in the kernel's order (empty if the service is gone).
+
+        ``key``: the service's identifying attributes from ``services_and_keys``.
+        """
+        body = genl(CMD_GET_DEST, _a_nest(ATTR_SERVICE, key or encode_service_key(svc)))
         try:
             msgs = self.nl.request(self.family, body, NLM_F_DUMP)
         except NetlinkError as err:
             raise _explain(err, "listing real servers") from None
-        family = svc.family
         out = []
         for msg in msgs:
-            d = decode_dest(msg, family, stats)
+            d = decode_dest_fast(msg, stats) or decode_dest(msg, svc.family, stats)
             if d is not None:
                 out.append(d)
         return out

@@ -16,9 +16,9 @@ def read_table(ipvs: IPVS, stats: bool = False, info: bool = True) -> Table:
     ``stats``: also decode counters and rates (``--stats``, ``--rate``, ``--json``).
     """
     information = ipvs.info() if info else None
-    services = ipvs.services(stats)
     dests = ipvs.dests
-    full = tuple([s._replace(dests=tuple(dests(s, stats))) for s in services])
+    full = tuple([s._replace(dests=tuple(dests(s, stats, key)))
+                  for s, key in ipvs.services_and_keys(stats)])
     return Table(full, information)
 
 

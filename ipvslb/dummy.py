@@ -374,7 +374,7 @@ def ensure(name: str, vips: Iterable[object], label: int | None = None,
         result.sysctls_set += set_ipvs_sysctls(netns)
     if result.changed:
         log.info("dummy link ensured", extra={
-            "link": name, "created": result.created, "added": ",".join(result.added),
+            "link": name, "link_created": result.created, "added": ",".join(result.added),
             "removed": ",".join(result.removed), "netns": netns or ""})
     return result
 

@@ -14,6 +14,7 @@ load generators in bench/proxy/load.py; every process started here is stopped by
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 HOST = "127.0.0.1"
+DEFAULT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 HAPROXY_CFG = """\
 defaults
@@ -133,11 +135,13 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         extra = splice if "splice" in name else ""
         servers = "".join(f"    server s{i} {t}\n" for i, t in enumerate(targets))
         cfg = workdir / f"{name}.cfg"
-        cfg.write_text(HAPROXY_CFG.format(host=HOST, port=port, extra=extra, servers=servers))
+        one_thread = "global\n    nbthread 1\n\n" if name == "haproxy-1thread" else ""
+        cfg.write_text(one_thread + HAPROXY_CFG.format(host=HOST, port=port, extra=extra,
+                                                       servers=servers))
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:  # ipvslb[-<loop>-<engine>]
         parts = name.split("-")
-        loop, engine = (parts[1], parts[2]) if len(parts) == 3 else ("uvloop", "auto")
+        loop, engine = (parts[1], parts[2]) if len(parts) == 3 else (DEFAULT_LOOP, "auto")
         cmd = [PY, str(HERE / "ipvslb_proxy.py"), "--port", str(port), "--loop", loop,
                "--engine", engine, *targets]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
@@ -275,7 +279,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"per test, subjects interleaved · {meta['cpus']} CPUs shared with other work (load "
         f"average {meta['loadavg_start']} → {meta['loadavg_end']}) · benchmark processes at "
         f"nice {meta['nice']} · {meta['haproxy']} (nbthread = CPUs) · Python {meta['python']} "
-        f"· kernel {meta['kernel']}",
+        f"· kernel {meta['kernel']} · ipvslb = engine auto on {meta['ipvslb_loop']}",
         "",
         "Three backends on 127.0.0.1 (one Python epoll process each); load generators are "
         "Python processes on the same cores (bench/proxy/load.py). Bulk = download (backend "
@@ -335,8 +339,10 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
                     help="niceness for every benchmark process (all subjects alike), to "
                          "reduce interference from other work on shared cores")
-    ap.add_argument("--out", default=str(RESULTS / "proxy"))
+    ap.add_argument("--out", help="results path without suffix (default: bench/results/proxy, "
+                    "or proxy-variants with --variants)")
     args = ap.parse_args()
+    args.out = args.out or str(RESULTS / ("proxy-variants" if args.variants else "proxy"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nice = os.nice(args.nice - os.nice(0))
@@ -345,8 +351,9 @@ def main() -> None:
     idle_conns = 2_000 if args.short else 9_000
     subjects = ["direct", "haproxy", "haproxy-splice", "ipvslb"]
     if args.variants:
-        subjects += [f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
-                     for engine in ("auto", "copy", "splice")]
+        subjects += ["haproxy-1thread"] + [
+            f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
+            for engine in ("auto", "copy", "splice")]
     loadavg_start = os.getloadavg()[0]
     started = time.time()
     result = measure(subjects, reps, seconds, idle_conns)
@@ -363,6 +370,7 @@ def main() -> None:
             "kernel": platform.release(),
             "python": platform.python_version(),
             "haproxy": haproxy_version,
+            "ipvslb_loop": DEFAULT_LOOP,
             "nice": nice,
             "loadavg_start": round(loadavg_start, 2),
             "loadavg_end": round(os.getloadavg()[0], 2),

@@ -57,7 +57,14 @@ class Proxy:
     - Connections of a removed backend continue; after ``drain_limit`` seconds (None: never)
       the ones still open are closed.
     - Beyond ``max_connections`` open client connections, new ones are reset at once.
-    - Must be started and used from one event loop (asyncio or uvloop).
+    - ``keepalive`` is (idle, interval, count) seconds/probes for TCP keepalive on both sides;
+      TCP_NODELAY is on for both sides too.
+    - ``engine``: ``auto`` (copy small messages, splice bulk), or ``copy``/``splice`` only.
+    - ``on_eject(backend)`` is called when a connect failure ejects a backend (e.g. to make an
+      active health checker probe it now: ``HealthChecker.report_failure``).
+    - ``listen_host`` None (or ``::``) listens dual-stack on every address; REDIRECT needs that.
+    - Must be started and used from one event loop thread (asyncio or uvloop); from other
+      threads use ``loop.call_soon_threadsafe``.
     """
 
     def __init__(
@@ -75,7 +82,6 @@ class Proxy:
         keepalive: tuple[int, int, int] = (30, 10, 3),
         engine: str = "auto",
         on_eject: Callable[[Backend], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -88,9 +94,7 @@ class Proxy:
         self.keepalive = keepalive
         self.on_eject = on_eject
         self._engine = engine
-        self._balancer = Balancer(
-            backends, eject_after=eject_after, eject_cooloff=eject_cooloff, clock=clock
-        )
+        self._balancer = Balancer(backends, eject_after=eject_after, eject_cooloff=eject_cooloff)
         self._pool = PipePool()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: Poller | None = None
@@ -108,10 +112,10 @@ class Proxy:
     async def start(self) -> None:
         """Bind and start accepting. Raises OSError when the address cannot be bound."""
         self._loop = asyncio.get_running_loop()
-        self._poller = Poller(self._loop)
-        self._idle = asyncio.Event()
         _raise_nofile_limit(self.max_connections)
         self._listener = self._listen()
+        self._idle = asyncio.Event()
+        self._poller = Poller(self._loop)
         self._loop.add_reader(self._listener.fileno(), self._on_accept)
         log.info(
             "proxy listening",

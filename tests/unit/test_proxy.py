@@ -633,6 +633,19 @@ def test_out_of_descriptors_pauses_accepting_and_recovers() -> None:
     run(main())
 
 
+def test_port_in_use_fails_start_cleanly() -> None:
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            proxy = Proxy("127.0.0.1", taken.getsockname()[1], [])
+            with pytest.raises(OSError):
+                await proxy.start()
+            await proxy.stop(1)  # nothing to stop: no error
+
+    run(main())
+
+
 def test_unknown_engine_is_rejected() -> None:
     with pytest.raises(ValueError, match="engine"):
         Proxy("127.0.0.1", 0, [], engine="magic")

@@ -33,6 +33,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from ipvslb import logfmt
+
 PIPE_SIZE = 1 << 18  # bytes one splice may move (the kernel may grant less); see bench/proxy
 POOL_KEEP = 64  # idle pipes kept for reuse
 COPY_CHUNK = 1 << 16  # a copy read this full means bulk: switch to splice (auto)
@@ -42,6 +44,8 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _BATCH = 4  # reads per readiness event before yielding to the loop
 _BUFFER = bytearray(COPY_CHUNK)  # shared: never holds bytes across callbacks
 _VIEW = memoryview(_BUFFER)
+
+log = logfmt.get("proxy")
 
 AUTO, SPLICE, COPY = "auto", "splice", "copy"
 ENGINES = (AUTO, SPLICE, COPY)
@@ -206,7 +210,12 @@ class Half:
         for _ in range(_BATCH):
             pipe = self.pipe
             if pipe is None:
-                pipe = self.pipe = pool.get()
+                try:
+                    pipe = self.pipe = pool.get()
+                except OSError:  # out of descriptors: copy instead
+                    self.splicing = False
+                    self._copy_in()
+                    return
             try:
                 n = os.splice(self.sfd, pipe[1], pool.size, flags=_SPLICE_FLAGS)
             except BlockingIOError:
@@ -330,14 +339,18 @@ class Connection:
 
     def _on_events(self, events: int, reader: Half, writer: Half) -> None:
         """Events of one socket: ``reader`` reads it, ``writer`` writes to it."""
-        if events & _OUT and writer.blocked:
-            writer.on_writable()
-            if self.closed:
-                return
-        if not (reader.blocked or reader.done):
-            if events & (_IN | _HANGUP):
-                reader.on_readable()  # reads the data, the end of stream or the error
-        elif events & _HANGUP:  # reset while only waiting to write to it: nothing to save
+        try:
+            if events & _OUT and writer.blocked:
+                writer.on_writable()
+                if self.closed:
+                    return
+            if not (reader.blocked or reader.done):
+                if events & (_IN | _HANGUP):
+                    reader.on_readable()  # reads the data, the end of stream or the error
+            elif events & _HANGUP:  # reset while only waiting to write to it: nothing to save
+                self.abort()
+        except Exception:  # a bug here must cost one connection, not a busy loop
+            log.exception("relay failed; closing the connection")
             self.abort()
 
     def abort(self) -> None:

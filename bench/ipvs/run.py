@@ -1,6 +1,7 @@
 """IPVS benchmark: ipvslb vs ipvsadm on the same kernel, in the same run.
 
-  tests/vm/run .venv/bin/python bench/ipvs/run.py [--quick]
+  tests/vm/run -e IPVSLB_HOST_LOADAVG="$(cat /proc/loadavg)" \
+      .venv/bin/python bench/ipvs/run.py [--quick]
 
 Runs inside the QEMU guest (the host kernel has no IPVS), each table in a fresh network
 namespace. Measures, with repetitions interleaved between the two tools:
@@ -194,9 +195,17 @@ def bench_one_change(n: int, reps: int) -> dict[str, Any]:
         ns.close()
 
 
+def fmt_load(load: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
+
+
 def markdown(doc: dict[str, Any]) -> str:
     out = ["# IPVS benchmark: ipvslb vs ipvsadm 1.31", "",
-           f"{doc['when']}, {doc['where']}. Median of {doc['reps']} runs (min-max).", ""]
+           f"{doc['when']}, {doc['where']}. Median of {doc['reps']} runs (min-max), the "
+           "two tools' runs interleaved. Host load average when it started: "
+           f"{doc['host_loadavg_start']} (guest: {fmt_load(doc['loadavg_start'])} -> "
+           f"{fmt_load(doc['loadavg_end'])}). The host's 2 cores were shared with other "
+           "jobs, so absolute times swing 2-5x between runs; compare within a row.", ""]
 
     def cell(s: dict[str, Any]) -> str:
         return f"{s['median_s'] * 1000:.1f} ms ({s['min_s'] * 1000:.1f}-{s['max_s'] * 1000:.1f})"
@@ -235,10 +244,12 @@ def main() -> None:
         "where": f"{'QEMU guest (TCG)' if os.environ.get('IPVSLB_IN_VM') else 'host'}, "
                  f"{os.cpu_count()} cpus, kernel {uname.release}, Python "
                  f"{platform.python_version()}",
-        "reps": reps, "quick": args.quick}
+        "reps": reps, "quick": args.quick, "loadavg_start": os.getloadavg(),
+        "host_loadavg_start": os.environ.get("IPVSLB_HOST_LOADAVG", "not given")}
     doc["show"] = [bench_show(small, reps), bench_show(big, max(3, reps - 2))]
     doc["full_apply"] = bench_full_apply(small, reps)
     doc["one_change"] = bench_one_change(big, reps)
+    doc["loadavg_end"] = os.getloadavg()
     name = "ipvs-quick" if args.quick else "ipvs"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")

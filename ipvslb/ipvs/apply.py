@@ -108,12 +108,15 @@ class Applier:
         ``refresh``: re-read the kernel first (otherwise the last read/applied state is used;
         the first call always reads).
         """
-        wanted: dict[Key, Service] = {}
-        for svc in desired:
-            key = _service_key(svc)
-            if key in wanted:
-                raise ValueError(f"service {svc.describe()} is listed twice")
-            wanted[key] = svc
+        services = list(desired)
+        wanted: dict[Key, Service] = dict(zip(map(_service_key, services), services,
+                                              strict=True))
+        if len(wanted) != len(services):
+            seen: set[Key] = set()
+            for svc in services:
+                if _service_key(svc) in seen:
+                    raise ValueError(f"service {svc.describe()} is listed twice")
+                seen.add(_service_key(svc))
         known = self.refresh() if refresh or self.known is None else self.known
         plan = _Plan()
         pending: list[tuple[Service, Service | None]] = []
@@ -231,7 +234,11 @@ class Applier:
     def _send(self, plan: _Plan, pending: list[tuple[Service, Service | None]]
               ) -> ApplyResult:
         result = plan.result
-        errors = self.ipvs.run(plan.requests) if plan.requests else []
+        try:
+            errors = self.ipvs.run(plan.requests) if plan.requests else []
+        except BaseException:
+            self.known = None  # some changes may have been made: read the table next time
+            raise
         result.messages = len(plan.requests)
         for code, what in zip(errors, plan.what, strict=True):
             if code:

@@ -142,20 +142,22 @@ def pick_runs(rng: random.Random, services: list[RandomService]
     """(ipvslb args, ipvsadm args) to compare on one table.
 
     Every ipvsadm run costs a process start (~0.1 s in the emulated guest), so each table
-    gets the default listing, --save and two random options or service selections; over 200
-    tables every option is compared a dozen times or more. IPVSLB_COMPAT_FULL=1 compares
-    every option on every table.
+    gets the default listing, --save and one more: a random list option or, on half the
+    tables with services, a service selected with -t/-u/--sctp-service/-f and a random
+    option. Over 200 tables each option is compared several times; IPVSLB_COMPAT_FULL=1
+    compares every option and every service on every table.
     """
+    runs = [([], ["-L", "-n"]), (["--save"], ["-S", "-n"])]
     options = [o for o in LIST_OPTIONS if o]
     if FULL:
-        chosen = options
+        runs += [(o, ["-L", "-n", *o]) for o in options]
+        selected = services
+    elif services and rng.random() < 0.5:
+        selected = [rng.choice(services)]
     else:
-        chosen = rng.sample(options, 2 if not services or rng.random() < 0.5 else 1)
-    runs = [([], ["-L", "-n"]), (["--save"], ["-S", "-n"])]
-    runs += [(o, ["-L", "-n", *o]) for o in chosen]
-    selectable = services if FULL else rng.sample(services, min(len(services),
-                                                                 3 - len(chosen)))
-    for svc in selectable:
+        runs.append((o := rng.choice(options), ["-L", "-n", *o]))
+        selected = []
+    for svc in selected:
         opts = rng.choice(SELECTOR_OPTIONS)
         runs.append(([*svc.selector, *opts], ["-L", "-n", *svc.selector, *opts]))
     return runs

@@ -3,9 +3,11 @@
   .venv/bin/python bench/proxy/run.py [--short] [--variants]
 
 One run measures every subject, repetitions interleaved: download throughput (1 and 8
-streams), 64-byte request/response (1 and 16 connections, p50/p99 latency, proxy CPU per
-request), new connections per second (8 concurrent clients) and the proxy's RSS holding idle
-connections. Results: bench/results/proxy.json and bench/results/proxy.md.
+streams), 64-byte request/response (1 and 16 connections, p50/p99 latency), new connections
+per second (8 concurrent clients), the proxy's own CPU per GB/request/connection, and its RSS
+holding 9,000 idle connections. Results: bench/results/proxy.{json,md} (full mode, about 10
+minutes), proxy-short.* (--short, CI, under a minute), proxy-variants.* (--variants: also
+ipvslb's engines auto/copy/splice on asyncio and uvloop, and HAProxy with one thread).
 
 Everything runs on 127.0.0.1 with three echo/bulk backends (bench/proxy/backends.py) and the
 load generators in bench/proxy/load.py; every process started here is stopped by its pid.
@@ -340,9 +342,10 @@ def main() -> None:
                     help="niceness for every benchmark process (all subjects alike), to "
                          "reduce interference from other work on shared cores")
     ap.add_argument("--out", help="results path without suffix (default: bench/results/proxy, "
-                    "or proxy-variants with --variants)")
+                    "proxy-short with --short, proxy-variants with --variants)")
     args = ap.parse_args()
-    args.out = args.out or str(RESULTS / ("proxy-variants" if args.variants else "proxy"))
+    name = "proxy-variants" if args.variants else "proxy-short" if args.short else "proxy"
+    args.out = args.out or str(RESULTS / name)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nice = os.nice(args.nice - os.nice(0))

@@ -7,7 +7,8 @@ streams), 64-byte request/response (1 and 16 connections, p50/p99 latency), new 
 per second (8 concurrent clients), the proxy's own CPU per GB/request/connection, and its RSS
 holding 9,000 idle connections. Results: bench/results/proxy.{json,md} (full mode, about 10
 minutes), proxy-short.* (--short, CI, under a minute), proxy-variants.* (--variants: also
-ipvslb's engines auto/copy/splice on asyncio and uvloop, and HAProxy with one thread).
+ipvslb's engines auto/copy/splice on asyncio and uvloop, a classic asyncio Protocol relay
+(bench/proxy/protocol_relay.py) on asyncio, and HAProxy with one thread).
 
 Everything runs on 127.0.0.1 with three echo/bulk backends (bench/proxy/backends.py) and the
 load generators in bench/proxy/load.py; every process started here is stopped by its pid.
@@ -141,6 +142,9 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         cfg.write_text(one_thread + HAPROXY_CFG.format(host=HOST, port=port, extra=extra,
                                                        servers=servers))
         cmd = ["haproxy", "-db", "-f", str(cfg)]
+    elif name.startswith("protocol-"):  # protocol-<loop>: the classic Protocol relay
+        cmd = [PY, str(HERE / "protocol_relay.py"), "--port", str(port),
+               "--loop", name.split("-")[1], *targets]
     else:  # ipvslb[-<loop>-<engine>]
         parts = name.split("-")
         loop, engine = (parts[1], parts[2]) if len(parts) == 3 else (DEFAULT_LOOP, "auto")
@@ -354,7 +358,9 @@ def main() -> None:
     idle_conns = 2_000 if args.short else 9_000
     subjects = ["direct", "haproxy", "haproxy-splice", "ipvslb"]
     if args.variants:
-        subjects += ["haproxy-1thread"] + [
+        # protocol-uvloop is left out: uvloop 0.23 aborted ("double free or corruption")
+        # under the new-connection churn with that relay.
+        subjects += ["haproxy-1thread", "protocol-asyncio"] + [
             f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
             for engine in ("auto", "copy", "splice")]
     loadavg_start = os.getloadavg()[0]

@@ -290,11 +290,13 @@ def demo(mode: str, controllers: int, topology: Path, subnet: str, prefix: str,
     try:
         tour(the_lab)
     except BaseException:
-        show_logs(the_lab)
+        if nslab.Lab.exists(state_dir):  # else bring_up showed the logs and cleaned up
+            show_logs(the_lab)
         raise
     finally:
-        title("Tearing down")
-        tear_down(the_lab)
+        if nslab.Lab.exists(state_dir):
+            title("Tearing down")
+            tear_down(the_lab)
 
 
 def run_in_vm(args: list[str]) -> int:

@@ -35,10 +35,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from ipvslb import netns as netns_mod
 from ipvslb.errors import SystemStateError, UserError
 from ipvslb.files import write_atomic
-from ipvslb.lab.topology import LabMode, Topology, render_node
+from ipvslb.lab.topology import LabMode, Topology, node_config
 
 T = TypeVar("T")
 
@@ -48,6 +50,11 @@ DEFAULT_SUBNET = "10.77.0.0/24"
 IFNAME = "eth0"
 STATE_FILE = "lab.json"
 CLIENT_FIRST_OFFSET = 50  # client addresses: subnet offsets 50, 51, ... (free in the topology)
+# On a slow machine (the QEMU guest runs Python 15-30x slower, and keepalived's timers drift
+# under emulation) the lab uses timings that machine can keep: 1 s adverts, and a local
+# apiserver check that allows a slow TLS handshake. Production defaults stay as they are.
+SLOW_ADVERT_INTERVAL = 1.0
+SLOW_NODE_SETTINGS: dict[str, Any] = {"apiserverHealth": {"interval": "3s", "timeout": "20s"}}
 KEEPALIVED_PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
 
 
@@ -60,12 +67,16 @@ def time_scale() -> float:
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.02) -> T:
+             interval: float = 0.02, abort: Callable[[], str | None] | None = None) -> T:
     """Call ``predicate`` until it returns something truthy (exceptions count as "not yet");
-    SystemStateError naming ``what`` after ``timeout`` seconds (scaled)."""
+    SystemStateError naming ``what`` after ``timeout`` seconds (scaled), or at once when
+    ``abort`` returns a reason (e.g. a process that had to keep running died)."""
     deadline = time.monotonic() + timeout * time_scale()
     last: object = None
     while True:
+        reason = abort() if abort is not None else None
+        if reason:
+            raise SystemStateError(f"lab: gave up waiting for {what}: {reason}")
         try:
             value = predicate()
             if value:
@@ -326,14 +337,23 @@ class Lab:
         self.state = state
         self.state_dir = state_dir
         self._topology = topology  # set while planning; a loaded lab is up already
+        self.node_settings: dict[str, Any] = {}  # merged into each config's node section
 
     # -- planning and state ------------------------------------------------------------------
 
     @classmethod
     def plan(cls, topology: Topology, *, state_dir: Path = DEFAULT_STATE_DIR,
              prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
-             client_sources: int = 6) -> Lab:
-        """Describe the lab (nothing is created yet): the topology moved into ``subnet``."""
+             client_sources: int = 6, slow: bool | None = None) -> Lab:
+        """Describe the lab (nothing is created yet): the topology moved into ``subnet``.
+
+        ``slow`` (default: when waits are scaled, as in the QEMU guest) uses the timings in
+        SLOW_ADVERT_INTERVAL and SLOW_NODE_SETTINGS.
+        """
+        if slow is None:
+            slow = time_scale() > 1
+        if slow:
+            topology = with_advert(topology, interval=SLOW_ADVERT_INTERVAL)
         topo = topology.rebased(subnet)
         net = topo.network
         taken = {net.vip.ip, *(n.address for n in topo.nodes)}
@@ -353,7 +373,9 @@ class Lab:
         state = LabState(prefix=prefix, mode=topo.mode.value, subnet=str(net.subnet),
                          vip=str(net.vip), api_port=net.api_server_port,
                          switch=f"{prefix}-switch", controllers=controllers, client=client)
-        return cls(state, state_dir, topo)
+        lab = cls(state, state_dir, topo)
+        lab.node_settings = dict(SLOW_NODE_SETTINGS) if slow else {}
+        return lab
 
     @classmethod
     def load(cls, state_dir: Path = DEFAULT_STATE_DIR) -> Lab:
@@ -437,7 +459,7 @@ class Lab:
             return holder if states == want else None
 
         return wait_for(settled, timeout, "the VRRP states to settle (one MASTER holding "
-                        "the VIP, the others BACKUP)", interval=0.05)
+                        "the VIP, the others BACKUP)", interval=0.05, abort=self.dead_agents)
 
     def _netns_add(self, name: str) -> None:
         self.state.namespaces.append(name)
@@ -464,8 +486,12 @@ class Lab:
     def _write_configs(self) -> None:
         assert self._topology is not None
         for member in self.state.controllers:
-            text = render_node(self._topology, member.name, interface=IFNAME,
-                               run_dir=member.run_dir)
+            doc = node_config(self._topology, member.name, interface=IFNAME,
+                              run_dir=member.run_dir)
+            doc["node"].update(self.node_settings)
+            header = (f"# ipvslb config for {member.name} of the one-machine lab, generated "
+                      "from the lab topology by ipvslb.lab.nslab.\n")
+            text = header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
             write_atomic(Path(member.config), text, 0o600)
 
     # -- processes ---------------------------------------------------------------------------
@@ -547,7 +573,7 @@ class Lab:
         began = time.monotonic()
         self.start_agent(node)
         wait_for(lambda: self.vrrp_state(node) == "BACKUP", timeout,
-                 f"{node}'s agent to rejoin as a VRRP backup")
+                 f"{node}'s agent to rejoin as a VRRP backup", abort=self.dead_agents)
         wait_for(lambda: len(self.holders()) == 1, timeout, "the VIP on one controller only")
         return time.monotonic() - began
 
@@ -661,7 +687,16 @@ class Lab:
             return holder
 
         return wait_for(ready, timeout, f"the VIP {self.vip} on one controller, serving",
-                        interval=0.05)
+                        interval=0.05, abort=self.dead_agents)
+
+    def dead_agents(self) -> str | None:
+        """Which agents have exited (with the last line each logged), or None."""
+        dead = []
+        for proc in self.procs("agent"):
+            if not proc.alive():
+                last = (proc.output().strip().splitlines() or ["(no output)"])[-1]
+                dead.append(f"the agent of {proc.node} exited ({last[-300:]})")
+        return "; ".join(dead) or None
 
     def watch(self) -> Any:
         """A VipWatch over the controllers (event-driven: sees every moment of two holders)."""
@@ -700,7 +735,7 @@ class Lab:
             if how == "keepalived":
                 wait_for(lambda: self.keepalived_pids(old) and
                          self.vrrp_state(old) == "BACKUP", timeout,
-                         f"{old}'s agent to respawn keepalived")
+                         f"{old}'s agent to respawn keepalived", abort=self.dead_agents)
             else:
                 agent = self.proc("agent", old)
                 if agent is not None:

@@ -1,0 +1,133 @@
+"""`ipvslb up` in virtual-servers mode end to end, in the QEMU guest (issue 5 part 6).
+
+    tests/vm/run .venv/bin/pytest -m kernel tests/kernel/test_e2e_virtual_servers.py
+
+The one-machine lab (``ipvslb.lab.nslab``): three controller namespaces on a bridge, each with
+an HTTPS apiserver stand-in (own certificate) and `ipvslb up` (real keepalived programming real
+IPVS, direct routing, the VIP on dummyvip0), and a client namespace with six addresses (IPVS
+persistence pins one client address to one real server). Python is 15-30x slower in the
+guest, so the lab is built once and one test walks through the whole scenario; every wait is
+scaled (IPVSLB_TIMEOUT_SCALE, 8 in the guest).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipvslb.config import Role
+from ipvslb.lab.nslab import Lab, sh, wait_for
+from ipvslb.lab.topology import LabMode, Topology
+from tests.e2e.conftest import lab_requirements, print_logs
+
+pytestmark = pytest.mark.kernel
+
+
+def ipvs_rules(lab: Lab, node: str) -> list[str]:
+    """`ipvsadm -S -n` in the node's namespace, one rule per line."""
+    out = sh("ipvsadm", "-S", "-n", netns=lab.controller(node).netns)
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def expected_ipvs(lab: Lab, reals: list[str]) -> list[str]:
+    service = f"{lab.vip}:{lab.state.api_port}"
+    return [f"-A -t {service} -s rr -p 360"] + [
+        f"-a -t {service} -r {real}:{lab.state.api_port} -g -w 1" for real in sorted(reals)]
+
+
+def address(lab: Lab, node: str) -> str:
+    return lab.controller(node).addresses[0].split("/")[0]
+
+
+def assert_one_director(lab: Lab, master: str, reals: list[str]) -> None:
+    """The master carries the service with ``reals``; every backup carries nothing."""
+    assert sorted(ipvs_rules(lab, master)) == sorted(expected_ipvs(lab, reals))
+    for node in lab.names():
+        if node != master:
+            assert ipvs_rules(lab, node) == [], node
+
+
+def assert_dummy_everywhere(lab: Lab) -> None:
+    for node in lab.names():
+        assert lab.dummy_addresses(node) == [f"{lab.vip}/32"], node
+
+
+@pytest.fixture
+def vs_lab(tmp_path: Path) -> Iterator[Lab]:
+    why = lab_requirements()
+    if why:
+        pytest.skip(why)
+    topology = (Topology.load().select(controllers=3, workers=0)
+                .with_mode(LabMode.VIRTUAL_SERVERS).with_role(Role.CONTROLLER))
+    lab = Lab.plan(topology, state_dir=tmp_path / "lab", prefix=f"ipvslbvs{os.getpid()}")
+    try:
+        lab.up(timeout=90)
+        yield lab
+    finally:
+        print_logs(lab)
+        lab.down()
+
+
+def test_virtual_servers_end_to_end(vs_lab: Lab) -> None:
+    lab = vs_lab
+    everyone = [address(lab, n) for n in lab.names()]
+
+    # one VIP holder; dummyvip0 with the VIP/32 on all three; no REDIRECT rules in this mode
+    master = lab.wait_settled()
+    assert lab.holders() == [master]
+    assert_dummy_everywhere(lab)
+    for node in lab.names():
+        assert lab.iptables_rules(node) == [], node
+
+    # only the master programs IPVS: rr, persistent 360, all three real servers (DR)
+    wait_for(lambda: sorted(ipvs_rules(lab, master)) == sorted(expected_ipvs(lab, everyone)),
+             60, f"the IPVS service on {master}")
+    assert_one_director(lab, master, everyone)
+
+    # clients from several source addresses see all three apiservers, each with its own cert
+    certs = lab.certificates()
+    fetches = lab.fetch_round(rounds=1, timeout=10)
+    assert {f.name for f in fetches} == set(lab.names())
+    assert all(certs[f.fingerprint] == f.name for f in fetches)
+
+    # a dead apiserver is taken out by keepalived's check; clients keep working
+    victim = next(n for n in lab.names() if n != master)
+    standin = lab.proc("standin", victim)
+    assert standin is not None
+    standin.signal(signal.SIGKILL)
+    alive = [a for a in everyone if a != address(lab, victim)]
+    wait_for(lambda: sorted(ipvs_rules(lab, master)) == sorted(expected_ipvs(lab, alive)),
+             60, f"keepalived to remove {victim} from the IPVS service")
+    fetches = lab.fetch_round(rounds=1, timeout=10)  # raises on any failed request
+    assert victim not in {f.name for f in fetches}
+    lab.start_standin(victim)
+    wait_for(lambda: sorted(ipvs_rules(lab, master)) == sorted(expected_ipvs(lab, everyone)),
+             60, f"keepalived to add {victim} back")
+
+    # failover: SIGKILL of the master's agent and keepalived; VIP and IPVS service move
+    result = lab.failover("crash", restart=True, timeout=60)
+    new = result.new
+    assert new is not None and new != master, result
+    assert result.served is not None, result
+    assert lab.holders() == [new]
+    wait_for(lambda: ipvs_rules(lab, master) == [], 30,
+             f"the restarted {master} to drop the IPVS service its killed keepalived left")
+    assert_one_director(lab, new, everyone)
+    # no duplicate state after SIGKILL + `ipvslb up` again: one address, one link, one service
+    assert_dummy_everywhere(lab)
+    assert {f.name for f in lab.fetch_round(rounds=1, timeout=10)} == set(lab.names())
+
+    # stop: nothing left anywhere
+    for node in lab.names():
+        lab.stop_agent(node, grace=30)
+    for node in lab.names():
+        netns = lab.controller(node).netns
+        assert lab.dummy_addresses(node) is None, node
+        assert ipvs_rules(lab, node) == [], node
+        left = lab.addresses(netns) or []
+        assert f"{lab.vip}/24" not in left and lab.controller(node).addresses[0] in left, node
+        assert not (lab.state_dir / "nodes" / node / "run").exists(), node

@@ -270,8 +270,10 @@ def down(state_dir: Path, prefix: str) -> None:
         return
     with no_interrupts():
         done = nslab.down_leftovers(prefix, state_dir)
+    deleted = sum(1 for line in done if line.startswith("deleted"))
     say(f"no lab state in {state_dir}; " + (
-        f"removed {len(done)} leftovers of a lab named {prefix}" if done else "nothing to do"))
+        f"removed the {deleted} namespaces of a lab named {prefix} and what ran in them"
+        if done else "nothing to do"))
 
 
 @lab.command()
@@ -380,5 +382,10 @@ def tour(lab: nslab.Lab) -> None:
     title(f"keepalived alone dies on {lab.holder()} (SIGKILL); its agent lives")
     second = lab.failover("keepalived")
     report_failover(lab, second)
-    say("the agent removed the VIP the moment keepalived died and started a new keepalived")
+    if second.stale_vip == 0:
+        say("the agent removed the VIP the moment keepalived died (before a peer took it) "
+            "and started a new keepalived")
+    else:
+        say(f"the agent removed the VIP {second.stale_vip:.3f} s after a peer took it (this "
+            "machine is busy: the agent was not scheduled in time) and started a new keepalived")
     show_holders(lab)

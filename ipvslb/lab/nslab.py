@@ -19,30 +19,38 @@ by ``IPVSLB_TIMEOUT_SCALE`` (default 8 inside the project's QEMU guest, where Py
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ipvslb import netns as netns_mod
 from ipvslb.errors import SystemStateError, UserError
 from ipvslb.files import write_atomic
+from ipvslb.lab.probe import Failover, Fetch, Prober, fingerprint, https_get, time_where
+from ipvslb.lab.procs import (
+    Proc,
+    netns_inode,
+    pids_in_netns,
+    sh,
+    start_time,
+    time_scale,
+    wait_for,
+)
 from ipvslb.lab.topology import LabMode, Topology, node_config
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from ipvslb.lab.vipwatch import VipWatch
+
+__all__ = ["Failover", "Fetch", "Lab", "Proc", "sh", "time_scale", "wait_for"]
 
 DEFAULT_STATE_DIR = Path("/run/ipvslb-lab")
 DEFAULT_PREFIX = "ipvslb-lab"
@@ -56,134 +64,6 @@ CLIENT_FIRST_OFFSET = 50  # client addresses: subnet offsets 50, 51, ... (free i
 SLOW_ADVERT_INTERVAL = 1.0
 SLOW_NODE_SETTINGS: dict[str, Any] = {"apiserverHealth": {"interval": "3s", "timeout": "20s"}}
 KEEPALIVED_PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
-
-
-def time_scale() -> float:
-    """How much to stretch waits: IPVSLB_TIMEOUT_SCALE, else 8 in the QEMU guest, else 1."""
-    value = os.environ.get("IPVSLB_TIMEOUT_SCALE")
-    if value:
-        return float(value)
-    return 8.0 if os.environ.get("IPVSLB_IN_VM") == "1" else 1.0
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.02, abort: Callable[[], str | None] | None = None) -> T:
-    """Call ``predicate`` until it returns something truthy (exceptions count as "not yet");
-    SystemStateError naming ``what`` after ``timeout`` seconds (scaled), or at once when
-    ``abort`` returns a reason (e.g. a process that had to keep running died)."""
-    deadline = time.monotonic() + timeout * time_scale()
-    last: object = None
-    while True:
-        reason = abort() if abort is not None else None
-        if reason:
-            raise SystemStateError(f"lab: gave up waiting for {what}: {reason}")
-        try:
-            value = predicate()
-            if value:
-                return value
-            last = value
-        except Exception as err:  # noqa: BLE001 - reported if it never succeeds
-            last = err
-        if time.monotonic() >= deadline:
-            raise SystemStateError(f"lab: timed out after {timeout * time_scale():.0f}s waiting "
-                                   f"for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-def sh(*argv: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
-    """Run a command (inside ``netns``) and return its stdout; SystemStateError on failure."""
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
-    try:
-        done = subprocess.run(full, capture_output=True, text=True,
-                              timeout=timeout * time_scale(), check=False)
-    except subprocess.TimeoutExpired:
-        raise SystemStateError(f"lab: `{' '.join(full)}` did not finish in time") from None
-    if check and done.returncode != 0:
-        raise SystemStateError(f"lab: `{' '.join(full)}` failed: "
-                               f"{(done.stderr or done.stdout).strip()}")
-    return done.stdout
-
-
-# --- processes, by pid --------------------------------------------------------------------------
-
-def start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    rest = stat[stat.rindex(")") + 2:].split()
-    if rest[0] in ("Z", "X"):
-        return None
-    return int(rest[19])
-
-
-@dataclass
-class Proc:
-    """A process the lab started: pid plus start time, so a recycled pid is never signalled."""
-
-    node: str
-    role: str  # "standin" | "agent"
-    pid: int
-    start: int
-    log: str
-
-    def alive(self) -> bool:
-        _reap(self.pid)
-        return start_time(self.pid) == self.start
-
-    def signal(self, sig: int) -> bool:
-        if not self.alive():
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
-            return True
-        return False
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, a bounded wait, then SIGKILL."""
-        if self.signal(signal.SIGTERM):
-            deadline = time.monotonic() + grace * time_scale()
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        if self.signal(signal.SIGKILL):
-            wait_for(lambda: not self.alive(), 10, f"pid {self.pid} to exit")
-
-    def output(self) -> str:
-        try:
-            return Path(self.log).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status of our own child (so it does not linger as a zombie)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def netns_inode(name: str) -> int | None:
-    try:
-        return os.stat(netns_mod.path_of(name)).st_ino
-    except FileNotFoundError:
-        return None
-
-
-def pids_in_netns(name: str) -> list[int]:
-    """Every process whose network namespace is ``name`` (found through /proc/PID/ns/net)."""
-    inode = netns_inode(name)
-    if inode is None:
-        return []
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if os.stat(entry / "ns" / "net").st_ino == inode:
-                found.append(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return found
 
 
 # --- the lab's description ----------------------------------------------------------------------
@@ -217,116 +97,6 @@ class LabState:
         data["client"] = Member(**data["client"])
         data["processes"] = [Proc(**p) for p in data["processes"]]
         return cls(**data)
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """One HTTPS request through the VIP: who answered, and its certificate's fingerprint."""
-
-    source: str
-    name: str
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class Failover:
-    """What one failover looked like, in seconds from the kill (None: did not happen)."""
-
-    how: str
-    old: str
-    new: str | None
-    killed: tuple[int, ...]
-    vip_moved: float | None  # the VIP appeared on another controller
-    served: float | None  # first answer through the VIP to a request sent after that
-    two_holders: float  # total time two controllers held the VIP at once (through the restart)
-    max_holders: int
-    probes: int  # requests through the VIP while it ran
-    failed_after_served: int  # of those, failures after the first answer from the new holder
-    longest_gap: float  # longest time without an answer through the VIP
-    timeline: tuple[tuple[float, tuple[str, ...]], ...] = ()  # (seconds, VIP holders) changes
-    restarted: float | None = None  # the node's `ipvslb up` ran again and rejoined as backup
-    dual_masters: float = 0.0  # time two *other* controllers held the VIP at once
-    stale_vip: float = 0.0  # time the old holder kept the VIP while another held it too
-
-
-def time_where(timeline: tuple[tuple[float, tuple[str, ...]], ...], end: float,
-               predicate: Callable[[tuple[str, ...]], bool]) -> float:
-    """Total time (up to ``end``) the holders in ``timeline`` satisfied ``predicate``."""
-    total = 0.0
-    for (start, holders), (stop, _) in zip(timeline, [*timeline[1:], (end, ())], strict=True):
-        if predicate(holders):
-            total += max(0.0, min(stop, end) - start)
-    return total
-
-
-@dataclass
-class _Attempt:
-    start: float
-    end: float
-    ok: bool
-    error: str = ""
-
-
-class Prober:
-    """Requests through the VIP, one after the other, from the client, while it runs."""
-
-    def __init__(self, lab: Lab, connect_timeout: float = 0.1, timeout: float = 2.0) -> None:
-        self.lab = lab
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
-        self.attempts: list[_Attempt] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
-
-    def __enter__(self) -> Prober:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10 * time_scale())
-
-    def _run(self) -> None:
-        sources = self.lab.sources()
-        n = 0
-        while not self._stop.is_set():
-            start = time.monotonic()
-            error = ""
-            try:
-                self.lab.fetch(sources[n % len(sources)], timeout=self.timeout,
-                               connect_timeout=self.connect_timeout)
-            except OSError as err:
-                error = f"{sources[n % len(sources)]}: {err!r}"
-            self.attempts.append(_Attempt(start, time.monotonic(), not error, error))
-            ok = not error
-            n += 1
-            # a short pause: fine enough resolution, and the lab's keepalived keep the CPU
-            time.sleep(0.002 if not ok else 0.01)
-
-    def first_ok(self, after: float, timeout: float) -> float | None:
-        """End of the first successful request started at or after ``after``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for attempt in list(self.attempts):
-                if attempt.ok and attempt.start >= after:
-                    return attempt.end
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.005)
-
-    def longest_gap(self, since: float) -> float:
-        """Longest time without a successful answer, from ``since`` to the last attempt."""
-        last, gap = since, 0.0
-        for attempt in self.attempts:
-            if attempt.ok and attempt.end >= since:
-                gap = max(gap, attempt.end - last)
-                last = attempt.end
-        return gap
-
-
-def fingerprint(der: bytes) -> str:
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
 class Lab:
@@ -639,35 +409,9 @@ class Lab:
               target: str | None = None, port: int | None = None,
               connect_timeout: float | None = None) -> Fetch:
         """GET / over HTTPS from the client namespace to the VIP (or ``target``), from
-        ``source`` (one of the client's addresses); raises OSError when it fails.
-
-        ``connect_timeout`` (default ``timeout``) bounds the TCP handshake alone: on the lab's
-        bridge an answer takes microseconds, so a short one finds a dead path fast, while TLS
-        and the answer get ``timeout`` (a busy machine can be slow there)."""
-        host = target or self.vip
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with netns_mod.entered(self.state.client.netns):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        with sock:
-            sock.settimeout(connect_timeout or timeout)
-            if source:
-                sock.bind((source, 0))
-            sock.connect((host, port or self.state.api_port))
-            sock.settimeout(timeout)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # stand-ins' own certificates; we compare them
-            with context.wrap_socket(sock) as tls:
-                der = tls.getpeercert(binary_form=True) or b""
-                tls.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-                chunks = []
-                while chunk := tls.recv(65536):
-                    chunks.append(chunk)
-        reply = b"".join(chunks).decode(errors="replace")
-        head, _, body = reply.partition("\r\n\r\n")
-        if not head.startswith("HTTP/1.1 200"):
-            raise OSError(f"unexpected answer through the VIP: {head[:80]!r}")
-        return Fetch(source or "", body.strip(), fingerprint(der))
+        ``source`` (one of the client's addresses); raises OSError when it fails."""
+        return https_get(self.state.client.netns, target or self.vip,
+                         port or self.state.api_port, source, timeout, connect_timeout)
 
     def sources(self) -> list[str]:
         return [a.split("/")[0] for a in self.state.client.addresses]
@@ -698,7 +442,7 @@ class Lab:
                 dead.append(f"the agent of {proc.node} exited ({last[-300:]})")
         return "; ".join(dead) or None
 
-    def watch(self) -> Any:
+    def watch(self) -> VipWatch:
         """A VipWatch over the controllers (event-driven: sees every moment of two holders)."""
         from ipvslb.lab.vipwatch import VipWatch
 
@@ -720,7 +464,8 @@ class Lab:
             raise UserError(f"failover {how!r}: use crash, keepalived or term")
         old = self.wait_serving(timeout)
         limit = timeout * time_scale()
-        prober = Prober(self, probe_timeout * time_scale(), 2.0 * time_scale())
+        prober = Prober(self.state.client.netns, self.vip, self.state.api_port, self.sources(),
+                        probe_timeout * time_scale(), 2.0 * time_scale())
         with self.watch() as watch, prober:
             watch.reset()
             began = time.monotonic()
@@ -774,15 +519,15 @@ class Lab:
         """
         done: list[str] = []
         errors: list[str] = []
-        agents = [p for p in self.state.processes if p.role == "agent"]
-        for proc in agents:
-            proc.signal(signal.SIGCONT)  # a frozen agent cannot stop cleanly
-            proc.signal(signal.SIGTERM)
-        for proc in self.state.processes:
+        running = [p for p in self.state.processes if p.alive()]
+        for proc in running:
+            if proc.role == "agent":  # agents first: each cleans up after itself
+                proc.signal(signal.SIGCONT)  # a frozen agent cannot stop cleanly
+                proc.signal(signal.SIGTERM)
+        for proc in running:
             try:
-                if proc.alive():
-                    proc.stop(grace=10.0)
-                    done.append(f"stopped {proc.role} of {proc.node} (pid {proc.pid})")
+                proc.stop(grace=10.0)
+                done.append(f"stopped {proc.role} of {proc.node} (pid {proc.pid})")
             except SystemStateError as err:
                 errors.append(str(err))
         for name in self.state.namespaces:
@@ -832,16 +577,6 @@ def down_leftovers(prefix: str = DEFAULT_PREFIX, state_dir: Path = DEFAULT_STATE
     state = LabState(prefix=prefix, mode="", subnet="", vip="", api_port=0, switch="",
                      controllers=[], client=Member("client", "", []), namespaces=names)
     return Lab(state, state_dir).down()
-
-
-@contextlib.contextmanager
-def running(lab: Lab, timeout: float = 60.0) -> Iterator[Lab]:
-    """``lab.up()`` then, whatever happens (errors, Ctrl-C), ``lab.down()``."""
-    try:
-        lab.up(timeout)
-        yield lab
-    finally:
-        lab.down()
 
 
 def with_advert(topology: Topology, interval: float | None = None,

@@ -335,7 +335,8 @@ def test_report_failure_probes_at_once(pki: dict[str, Path]) -> None:
             await hc.start()
             await wait_for(lambda: len(a.requests) == 1)
             hc.report_failure(a.backend)
-            await wait_for(lambda: len(a.requests) == 2, timeout=2)
+            # At once means long before the 30 s interval; 10 s leaves room for a loaded CI.
+            await wait_for(lambda: len(a.requests) == 2, timeout=10)
             assert hc.healthy == [a.backend]  # one reported failure < fall
             await hc.stop()
 

@@ -174,6 +174,11 @@ class Applier:
         if cur[:SERVICE_CONFIG_FIELDS] != svc[:SERVICE_CONFIG_FIELDS]:
             plan.add(service_request(CMD_SET_SERVICE, svc), f"edit {svc.describe()}",
                      "services_edited")
+        elif len(cur.dests) == len(svc.dests) and \
+                {d[:DEST_CONFIG_FIELDS] for d in cur.dests} == \
+                {d[:DEST_CONFIG_FIELDS] for d in svc.dests}:
+            pending.append((svc, svc))  # equal (e.g. just read from the kernel): remember
+            return  # the desired object, so the next apply skips it by identity
         effective = self._plan_dests(plan, cur, svc)
         pending.append((svc, effective))
 

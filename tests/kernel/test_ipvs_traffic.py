@@ -200,3 +200,20 @@ def test_listings_with_live_connections_match_ipvsadm(netlab: NetLab) -> None:
             assert any(line.split()[1:2] != ["0"] for line in ours.splitlines()[3:]), ours
     for conn, _ in held:
         conn.close()
+
+    # a connection-sync daemon, then zeroing the counters and flushing, all through ipvslb
+    lab.lb.run("ipvsadm", "--start-daemon", "master", "--mcast-interface", "eth0",
+               "--syncid", "7")
+    assert render_cli(lab.lb.name, ["--daemon"]) == lab.lb.run("ipvsadm", "-L", "-n",
+                                                               "--daemon") != ""
+    with IPVS(lab.lb.name) as ipvs:
+        assert ipvs.daemons()[0].mcast_ifn == "eth0"
+        ipvs.zero(svc)
+        zeroed = lab.lb.run("ipvsadm", "-L", "-n", "--stats").splitlines()[3:]
+        assert zeroed and all(line.split()[2] == "0" for line in zeroed), zeroed  # Conns
+        ipvs.set_timeouts(tcp=901, tcp_fin=91, udp=31)
+        assert lab.lb.run("ipvsadm", "-L", "-n", "--timeout") == \
+            "Timeout (tcp tcpfin udp): 901 91 31\n"
+        ipvs.flush()
+    assert lab.lb.run("ipvsadm", "-S", "-n") == ""
+    lab.lb.run("ipvsadm", "--stop-daemon", "master")

@@ -62,13 +62,22 @@ def ipvslb_command() -> str:
     return found or str(here)
 
 
+PRIORITY_SPREAD = 97  # coprime with 254, close to 254 / golden ratio
+
+
 def derive_priority(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    """A priority from 1 to 254 that differs between nodes whose addresses differ by < 254.
+    """A priority from 1 to 254 that differs between nodes whose addresses differ by < 254,
+    and lies far from the priorities of neighbouring addresses.
 
     Equal priorities make surviving nodes claim the VIP at the same instant after a failover,
-    and the loser's gratuitous ARP can leave clients on the wrong node for seconds.
+    and the loser's gratuitous ARP can leave clients on the wrong node for seconds. Adjacent
+    priorities are nearly as bad: a backup's master-down timer is 3 adverts plus a skew of
+    (256 - priority) / 256 adverts, so priorities one apart time out 0.2 ms apart at 0.05 s
+    adverts, and both survivors became MASTER in 8 of 35 failovers in the one-machine lab
+    (0 of 40 with 200/150/100). Multiplying by 97 puts neighbours 97 or 157 apart and
+    addresses two apart at least 60 apart (>= 12 ms of timer difference at 0.05 s adverts).
     """
-    return 1 + int(address) % 254
+    return 1 + (int(address) * PRIORITY_SPREAD) % 254
 
 
 def resolve_facts(config: Config, priority: int | None = None,

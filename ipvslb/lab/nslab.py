@@ -478,8 +478,10 @@ class Lab:
             served = prober.first_ok(moved[0], limit) if moved else None
             restarted: float | None = None
             if how == "keepalived":
+                # the agent's respawn backoff grows while keepalived keeps dying (up to
+                # 30 s; it starts over after a minute of stable running)
                 wait_for(lambda: self.keepalived_pids(old) and
-                         self.vrrp_state(old) == "BACKUP", timeout,
+                         self.vrrp_state(old) == "BACKUP", max(timeout, 45.0),
                          f"{old}'s agent to respawn keepalived", abort=self.dead_agents)
             else:
                 agent = self.proc("agent", old)

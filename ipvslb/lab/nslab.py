@@ -394,6 +394,15 @@ class Lab:
 
         return iptables.current_rules(netns=self.controller(node).netns)
 
+    def ipvs_rules(self, node: str) -> list[str]:
+        """The node's IPVS table as `ipvsadm -S -n` prints it (virtual-servers mode)."""
+        netns = self.controller(node).netns
+        if shutil.which("ipvsadm"):
+            out = sh("ipvsadm", "-S", "-n", netns=netns)
+        else:
+            out = sh(sys.executable, "-m", "ipvslb", "show", "-S", "--netns", netns)
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
     def certificates(self) -> dict[str, str]:
         """Fingerprint -> controller name, from the stand-ins' certificate files."""
         found = {}

@@ -13,6 +13,7 @@ scaled (IPVSLB_TIMEOUT_SCALE, 8 in the guest).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ipvslb.config import Role
-from ipvslb.lab.nslab import Lab, sh, wait_for
+from ipvslb.lab.nslab import Lab, wait_for
 from ipvslb.lab.topology import LabMode, Topology
 from tests.e2e.conftest import lab_requirements, print_logs
 
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.kernel
 
 def ipvs_rules(lab: Lab, node: str) -> list[str]:
     """`ipvsadm -S -n` in the node's namespace, one rule per line."""
-    out = sh("ipvsadm", "-S", "-n", netns=lab.controller(node).netns)
-    return [line.strip() for line in out.splitlines() if line.strip()]
+    assert shutil.which("ipvsadm"), "ipvsadm missing (apt-get install ipvsadm)"
+    return lab.ipvs_rules(node)
 
 
 def expected_ipvs(lab: Lab, reals: list[str]) -> list[str]:

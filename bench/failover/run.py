@@ -18,7 +18,7 @@ and stalls (an answer more than 1 s after the takeover, or requests failing afte
 answer). Settings: k0s's VRRPv2 with 1 s adverts, ipvslb's default (VRRPv3, 0.05 s), 0.01 s
 (the smallest keepalived accepts), and the default with well-spread explicit priorities.
 
-Results: bench/results/failover.json and bench/results/failover.md. Needs root, keepalived,
+Results: bench/results/failover.{json,md} (failover-short.* with --short). Needs root, keepalived,
 iptables, iproute2, openssl. Timings on 2 shared cores swing with the machine's load (the load
 average is recorded).
 """
@@ -166,8 +166,12 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="3 runs per kind (CI)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--output", type=Path, default=RESULTS / "failover")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results path without suffix (default bench/results/failover, "
+                             "failover-short with --short)")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = RESULTS / ("failover-short" if args.short else "failover")
     if os.geteuid() != 0:
         print("bench/failover needs root (network namespaces)", file=sys.stderr)
         return 2

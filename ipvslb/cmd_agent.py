@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -39,6 +41,19 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
     return handle
 
 
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock; on exit release it and remove the directory if empty."""
+    lock = lock_run_dir(run_dir)
+    try:
+        yield
+    finally:
+        lock.close()
+        (run_dir / "agent.lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
 @click.command()
 @config_option
 @role_option
@@ -56,8 +71,7 @@ def up(config_path: str, role: str | None, priority: int | None, log_level: str)
     logfmt.setup(log_level)
     config = load_and_warn(config_path, role)
     run_dir = Path(config.node.run_dir)
-    lock = lock_run_dir(run_dir)
-    try:
+    with run_dir_lock(run_dir):
         agent = Agent(config, priority)
 
         async def main() -> None:
@@ -68,13 +82,6 @@ def up(config_path: str, role: str | None, priority: int | None, log_level: str)
             await agent.run(stop)
 
         asyncio.run(main())
-    finally:
-        lock.close()
-        (run_dir / "agent.lock").unlink(missing_ok=True)
-        try:
-            run_dir.rmdir()
-        except OSError:
-            pass
 
 
 @click.command()
@@ -89,14 +96,6 @@ def down(config_path: str, role: str | None) -> None:
     logfmt.setup("info")
     config = load_and_warn(config_path, role)
     run_dir = Path(config.node.run_dir)
-    lock = lock_run_dir(run_dir)
-    try:
+    with run_dir_lock(run_dir):
         cleanup(config, resolve_facts(config).interfaces)
-    finally:
-        lock.close()
-        (run_dir / "agent.lock").unlink(missing_ok=True)
-        try:
-            run_dir.rmdir()
-        except OSError:
-            pass
     click.echo("down: removed what ipvslb had added")

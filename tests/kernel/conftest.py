@@ -7,6 +7,8 @@ only inside them. tests/conftest.py marks everything here ``kernel`` and skips i
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -78,3 +80,14 @@ def build_director_lab(lab: NetLab, reals: int = 3) -> DirectorLab:
 def director_lab(netlab: NetLab) -> DirectorLab:
     """A client, an IPVS director with the VIPs on dummyvip0, and three real servers."""
     return build_director_lab(netlab)
+
+
+@pytest.fixture(autouse=True)
+def debug_logging() -> Iterator[None]:
+    """Log at debug level in every kernel test: a bad log call (e.g. a reserved key in
+    ``extra``) must fail here, not only in a running agent."""
+    logger = logging.getLogger("ipvslb")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.setLevel(level)

@@ -5,9 +5,7 @@ independent reader, and `ip monitor` for netlink events."""
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,15 +15,6 @@ from tests.support.netlab import NetLab, Netns, Process, wait_until
 
 pytestmark = pytest.mark.kernel
 
-
-@pytest.fixture(autouse=True)
-def info_logging() -> Iterator[None]:
-    """Log at debug level, as the agent does at info: a bad log call must fail here."""
-    logger = logging.getLogger("ipvslb")
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield
-    logger.setLevel(level)
 
 VIP4 = "192.0.2.10"
 VIP6 = "2001:db8:10::10"

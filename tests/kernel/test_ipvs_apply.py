@@ -9,10 +9,8 @@ random edits send exactly as many messages as an independent count of the differ
 
 from __future__ import annotations
 
-import logging
 import os
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,15 +25,6 @@ from tests.support.netlab import NetLab, Netns
 
 pytestmark = pytest.mark.kernel
 
-
-@pytest.fixture(autouse=True)
-def info_logging() -> Iterator[None]:
-    """Log at debug level, as the agent does at info: a bad log call must fail here."""
-    logger = logging.getLogger("ipvslb")
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield
-    logger.setLevel(level)
 
 SEED = int(os.environ.get("IPVSLB_APPLY_SEED", str(random.SystemRandom().randrange(1 << 32))))
 ROUNDS = int(os.environ.get("IPVSLB_APPLY_ROUNDS", "25"))

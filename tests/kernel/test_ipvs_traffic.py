@@ -10,12 +10,10 @@ elsewhere, deleted once its connections are gone (or when the drain time is up).
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,15 +25,6 @@ from tests.support.netlab import Lan, NetLab, Netns, wait_until
 
 pytestmark = pytest.mark.kernel
 
-
-@pytest.fixture(autouse=True)
-def info_logging() -> Iterator[None]:
-    """Log at debug level, as the agent does at info: a bad log call must fail here."""
-    logger = logging.getLogger("ipvslb")
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield
-    logger.setLevel(level)
 
 PORT = 6443
 VIP4 = "10.88.0.100"

@@ -1,6 +1,6 @@
 """Userspace TCP reverse proxy for the kube-apiservers (``userspace`` mode).
 
-Use ``Proxy`` from a running event loop; ``new_event_loop()`` picks uvloop when installed.
+Use ``Proxy`` from a running event loop (asyncio, or uvloop: both are tested).
 """
 
 from __future__ import annotations

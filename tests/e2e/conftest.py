@@ -7,6 +7,7 @@ Each test gets its own lab: a bridge, three controller namespaces (apiserver sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,18 +37,27 @@ def print_logs(lab: Lab) -> None:
         print(f"--- {proc.node} {proc.role} (pid {proc.pid})\n{proc.output()[-6000:]}")
 
 
-@pytest.fixture
-def userspace_lab(tmp_path: Path) -> Iterator[Lab]:
-    """Three controller+worker nodes (userspace mode) and a client, up and serving."""
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, mode: LabMode, role: Role, prefix: str,
+                timeout: float) -> Iterator[Lab]:
+    """Three controllers in ``mode``/``role`` and a client, up and serving; always torn down
+    (skips with the reason when the lab cannot run here)."""
     why = lab_requirements()
     if why:
         pytest.skip(why)
-    topology = (Topology.load().select(controllers=3, workers=0)
-                .with_mode(LabMode.USERSPACE).with_role(Role.CONTROLLER_WORKER))
-    lab = Lab.plan(topology, state_dir=tmp_path / "lab", prefix=f"ipvslbe2e{os.getpid()}")
+    topology = Topology.load().select(controllers=3, workers=0).with_mode(mode).with_role(role)
+    lab = Lab.plan(topology, state_dir=tmp_path / "lab", prefix=f"{prefix}{os.getpid()}")
     try:
-        lab.up(timeout=60)
+        lab.up(timeout=timeout)
         yield lab
     finally:
         print_logs(lab)
         lab.down()
+
+
+@pytest.fixture
+def userspace_lab(tmp_path: Path) -> Iterator[Lab]:
+    """Three controller+worker nodes (userspace mode) and a client, up and serving."""
+    with running_lab(tmp_path, LabMode.USERSPACE, Role.CONTROLLER_WORKER, "ipvslbe2e",
+                     60) as lab:
+        yield lab

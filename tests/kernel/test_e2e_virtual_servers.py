@@ -12,7 +12,6 @@ scaled (IPVSLB_TIMEOUT_SCALE, 8 in the guest).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 from collections.abc import Iterator
@@ -22,8 +21,8 @@ import pytest
 
 from ipvslb.config import Role
 from ipvslb.lab.nslab import Lab, wait_for
-from ipvslb.lab.topology import LabMode, Topology
-from tests.e2e.conftest import lab_requirements, print_logs
+from ipvslb.lab.topology import LabMode
+from tests.e2e.conftest import running_lab
 
 pytestmark = pytest.mark.kernel
 
@@ -59,18 +58,9 @@ def assert_dummy_everywhere(lab: Lab) -> None:
 
 @pytest.fixture
 def vs_lab(tmp_path: Path) -> Iterator[Lab]:
-    why = lab_requirements()
-    if why:
-        pytest.skip(why)
-    topology = (Topology.load().select(controllers=3, workers=0)
-                .with_mode(LabMode.VIRTUAL_SERVERS).with_role(Role.CONTROLLER))
-    lab = Lab.plan(topology, state_dir=tmp_path / "lab", prefix=f"ipvslbvs{os.getpid()}")
-    try:
-        lab.up(timeout=90)
+    with running_lab(tmp_path, LabMode.VIRTUAL_SERVERS, Role.CONTROLLER, "ipvslbvs",
+                     90) as lab:
         yield lab
-    finally:
-        print_logs(lab)
-        lab.down()
 
 
 def test_virtual_servers_end_to_end(vs_lab: Lab) -> None:

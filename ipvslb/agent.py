@@ -98,11 +98,11 @@ class Agent:
             await asyncio.to_thread(
                 dummy.ensure, node.dummy_interface, vips,
                 label=labels.pop() if labels else None, netns=self.netns)
-            await asyncio.to_thread(self._remove_ipvs_services)
+            await asyncio.to_thread(remove_vip_services, self.config, self.netns)
             for inst in self.config.vrrp_instances:
                 vs_switch.point(self.run_dir, inst.index, master=False)
             return
-        # left over from virtual-servers mode
+        # left over from virtual-servers mode (a no-op when there is none)
         await asyncio.to_thread(remove_dummy, self.config, self.netns)
         if self.mode is Mode.USERSPACE:
             from ipvslb import iptables
@@ -191,17 +191,10 @@ class Agent:
         removed = await asyncio.to_thread(
             vip.remove_stale, self.config, self.facts.interfaces, self.netns)
         if self.mode is Mode.VIRTUAL_SERVERS:
-            await asyncio.to_thread(self._remove_ipvs_services)
+            await asyncio.to_thread(remove_vip_services, self.config, self.netns)
             for inst in self.config.vrrp_instances:
                 vs_switch.point(self.run_dir, inst.index, master=False)
         log.warning("cleaned up after keepalived died", extra={"stale_vips_removed": removed})
-
-    def _remove_ipvs_services(self) -> None:
-        from ipvslb.ipvs import remove_services
-
-        port = self.config.node.api_server_port
-        remove_services([(vs.ip_address, port) for vs in self.config.virtual_servers],
-                        netns=self.netns)
 
     # -- stop -------------------------------------------------------------------------------
 
@@ -229,11 +222,7 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
     if not keepalived_stopped:
         stop_leftover(run_dir)
     vip.remove_stale(config, interfaces, netns)
-    if config.virtual_servers and Path("/sys/module/ip_vs").exists():
-        from ipvslb.ipvs import remove_services
-
-        port = config.node.api_server_port
-        remove_services([(vs.ip_address, port) for vs in config.virtual_servers], netns=netns)
+    remove_vip_services(config, netns)
     remove_dummy(config, netns)
     iptables.remove(netns=netns)
     names = [kf.CONF, kf.HEALTH_FILE] + [
@@ -246,11 +235,17 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
         run_dir.rmdir()
 
 
+def remove_vip_services(config: Config, netns: str | None = None) -> None:
+    """Delete the IPVS services of the configured virtual servers (nothing without IPVS)."""
+    if config.virtual_servers:
+        from ipvslb.ipvs import remove_services
+
+        port = config.node.api_server_port
+        remove_services([(vs.ip_address, port) for vs in config.virtual_servers], netns=netns)
+
+
 def remove_dummy(config: Config, netns: str | None = None) -> None:
-    """Remove ipvslb's dummy link when there is one (kernels without the driver have none)."""
-    from ipvslb import netinfo
+    """Remove ipvslb's dummy link if there is one (dummy.remove leaves other links alone)."""
+    from ipvslb import dummy
 
-    if any(link.name == config.node.dummy_interface for link in netinfo.links(netns)):
-        from ipvslb import dummy
-
-        dummy.remove(config.node.dummy_interface, netns=netns)
+    dummy.remove(config.node.dummy_interface, netns=netns)

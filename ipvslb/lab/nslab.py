@@ -64,6 +64,8 @@ CLIENT_FIRST_OFFSET = 50  # client addresses: subnet offsets 50, 51, ... (free i
 SLOW_ADVERT_INTERVAL = 1.0
 SLOW_NODE_SETTINGS: dict[str, Any] = {"apiserverHealth": {"interval": "3s", "timeout": "20s"}}
 KEEPALIVED_PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
+APISERVER_KINDS = ("standin", "kube")
+READY_TIMEOUT = 120.0  # a real apiserver: ~4 s alone, far more with three on a loaded machine
 
 
 # --- the lab's description ----------------------------------------------------------------------
@@ -89,6 +91,9 @@ class LabState:
     client: Member
     namespaces: list[str] = field(default_factory=list)  # created (or about to be), in order
     processes: list[Proc] = field(default_factory=list)
+    # "standin": an HTTPS stand-in per controller; "kube": etcd + a real kube-apiserver
+    # (ipvslb.lab.controlplane) and `endpoints: kubernetes` in every agent's config.
+    apiserver: str = "standin"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabState:
@@ -114,12 +119,22 @@ class Lab:
     @classmethod
     def plan(cls, topology: Topology, *, state_dir: Path = DEFAULT_STATE_DIR,
              prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
-             client_sources: int = 6, slow: bool | None = None) -> Lab:
+             client_sources: int = 6, slow: bool | None = None,
+             apiserver: str = "standin") -> Lab:
         """Describe the lab (nothing is created yet): the topology moved into ``subnet``.
 
         ``slow`` (default: when waits are scaled, as in the QEMU guest) uses the timings in
-        SLOW_ADVERT_INTERVAL and SLOW_NODE_SETTINGS.
+        SLOW_ADVERT_INTERVAL and SLOW_NODE_SETTINGS. ``apiserver``: ``standin`` or ``kube``
+        (real etcd + kube-apiservers; :func:`ipvslb.lab.controlplane.missing` says why not).
         """
+        if apiserver not in APISERVER_KINDS:
+            raise UserError(f"--apiserver {apiserver!r}: use one of {', '.join(APISERVER_KINDS)}")
+        if apiserver == "kube":
+            from ipvslb.lab import controlplane
+
+            why = controlplane.missing()
+            if why:
+                raise UserError(f"--apiserver kube: {why}")
         if slow is None:
             slow = time_scale() > 1
         if slow:
@@ -142,7 +157,8 @@ class Lab:
                         addresses=[f"{a}/{net.subnet.prefixlen}" for a in free[:client_sources]])
         state = LabState(prefix=prefix, mode=topo.mode.value, subnet=str(net.subnet),
                          vip=str(net.vip), api_port=net.api_server_port,
-                         switch=f"{prefix}-switch", controllers=controllers, client=client)
+                         switch=f"{prefix}-switch", controllers=controllers, client=client,
+                         apiserver=apiserver)
         lab = cls(state, state_dir, topo)
         lab.node_settings = dict(SLOW_NODE_SETTINGS) if slow else {}
         return lab
@@ -201,8 +217,26 @@ class Lab:
         os.close(fd)
         self.save()
         self._build_network()
+        if self.real:
+            self._make_pki()
         self._write_configs()
         began = time.monotonic()
+        if self.real:
+            self._start_control_plane()
+        else:
+            self._start_standins()
+        for member in self.state.controllers:
+            self.start_agent(member.name)
+        self.wait_serving(timeout)
+        self.wait_settled(timeout)
+        return time.monotonic() - began
+
+    @property
+    def real(self) -> bool:
+        """Whether the controllers run a real control plane (etcd + kube-apiserver)."""
+        return self.state.apiserver == "kube"
+
+    def _start_standins(self) -> None:
         for member in self.state.controllers:
             self.start_standin(member.name, wait=False)
         for proc in self.procs("standin"):
@@ -211,11 +245,145 @@ class Lab:
             if not proc.alive():
                 raise SystemStateError(f"lab: the stand-in of {proc.node} exited: "
                                        f"{proc.output().strip()[-500:]}")
-        for member in self.state.controllers:
-            self.start_agent(member.name)
-        self.wait_serving(timeout)
-        self.wait_settled(timeout)
-        return time.monotonic() - began
+
+    # -- the real control plane --------------------------------------------------------------
+
+    def address_of(self, node: str) -> str:
+        return self.controller(node).addresses[0].split("/")[0]
+
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "certs"
+
+    @property
+    def client_kubeconfig(self) -> Path:
+        """kubectl's kubeconfig in the client namespace: server https://VIP:port, the lab CA."""
+        return self.state_dir / "client.kubeconfig"
+
+    def _make_pki(self) -> None:
+        from ipvslb.lab import controlplane as cp
+
+        nodes = {m.name: self.address_of(m.name) for m in self.state.controllers}
+        cp.make_pki(self.pki, nodes, self.vip)
+        cp.write_kubeconfig(self.client_kubeconfig, f"https://{self.vip}:{self.state.api_port}",
+                            self.pki / "ca.crt")
+
+    def _start_control_plane(self) -> None:
+
+        nodes = [m.name for m in self.state.controllers]
+        for name in nodes:
+            self.start_etcd(name)
+        for name in nodes:
+            self.start_apiserver(name, wait=False)
+        for name in nodes:
+            self.wait_apiserver(name)
+
+    def start_etcd(self, node: str) -> Proc:
+        from ipvslb.lab import controlplane as cp
+
+        members = {m.name: self.address_of(m.name) for m in self.state.controllers}
+        data = Path(self.controller(node).run_dir).parent / "etcd"
+        return self._start(node, "etcd", self.controller(node).netns,
+                           cp.etcd_argv(node, members[node], members, data))
+
+    def start_apiserver(self, node: str, wait: bool = True) -> Proc:
+        """Start ``node``'s kube-apiserver (or its stand-in in a stand-in lab)."""
+        if not self.real:
+            return self.start_standin(node, wait)
+        from ipvslb.lab import controlplane as cp
+
+        member = self.controller(node)
+        argv = cp.apiserver_argv(node, self.address_of(node), self.state.api_port, self.pki,
+                                 Path(member.run_dir).parent / "apiserver-certs")
+        proc = self._start(node, "apiserver", member.netns, argv)
+        if wait:
+            self.wait_apiserver(node)
+        return proc
+
+    def wait_apiserver(self, node: str, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until ``node``'s apiserver answers /readyz with 200 on its own address."""
+        proc = self.proc("apiserver", node)
+        assert proc is not None
+
+        def dead() -> str | None:
+            if proc.alive():
+                return None
+            return f"it exited: {proc.output().strip()[-800:]}"
+
+        wait_for(lambda: self.fetch(target=self.address_of(node), timeout=2.0), timeout,
+                 f"the kube-apiserver of {node} to be ready", interval=0.2, abort=dead)
+
+    def kubectl(self, *args: str, timeout: float = 30.0, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl in the client namespace against https://VIP (lab CA)."""
+        from ipvslb.lab import controlplane as cp
+
+        binary = cp.kubectl_binary()
+        if binary is None:
+            raise UserError("kubectl is not installed: apt-get install kubernetes-client")
+        argv = ["ip", "netns", "exec", self.state.client.netns, str(binary),
+                f"--kubeconfig={self.client_kubeconfig}", *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        if check and done.returncode != 0:
+            raise SystemStateError(f"kubectl {' '.join(args)} failed: "
+                                   f"{(done.stderr or done.stdout).strip()[-500:]}")
+        return done
+
+    def kubectl_argv(self, *args: str) -> list[str]:
+        """The argv of a kubectl run in the client namespace (for long-running ones)."""
+        from ipvslb.lab import controlplane as cp
+
+        return ["ip", "netns", "exec", self.state.client.netns, str(cp.kubectl_binary()),
+                f"--kubeconfig={self.client_kubeconfig}", *args]
+
+    def published(self) -> list[str]:
+        """The addresses ``default/kubernetes`` lists, asked through the VIP with kubectl."""
+        out = self.kubectl("get", "endpoints", "kubernetes", "-o", "json").stdout
+        subsets = json.loads(out).get("subsets") or []
+        return sorted(a["ip"] for s in subsets for a in s.get("addresses") or [])
+
+    def power_off(self, node: str) -> list[int]:
+        """The node loses power: its apiserver, etcd member, keepalived and agent are frozen,
+        then SIGKILLed, all together (nothing gets to clean up). Returns the pids killed."""
+        # no power, no carrier: first the node's switch port goes down (it falls silent at
+        # once; the VIP address its dead keepalived leaves on eth0 answers nobody)
+        sh("ip", "-n", self.state.switch, "link", "set", self.switch_port(node), "down")
+        victims = [p.pid for role in ("apiserver", "etcd")
+                   if (p := self.proc(role, node)) is not None and p.alive()]
+        for sig in (signal.SIGSTOP,):
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        killed = self.crash(node)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for role in ("apiserver", "etcd"):
+            proc = self.proc(role, node)
+            if proc is not None:
+                wait_for(lambda p=proc: not p.alive(), 10,  # type: ignore[misc]
+                         f"the {role} of {node} to die")
+        return victims + killed
+
+    def switch_port(self, node: str) -> str:
+        """The bridge port (in the switch namespace) of ``node``'s eth0."""
+        return f"p{self.names().index(node)}"
+
+    def power_on(self, node: str, timeout: float = READY_TIMEOUT) -> None:
+        """Start a powered-off node again: etcd (rejoining with its data), its apiserver,
+        then `ipvslb up`; wait until the agent is a VRRP backup."""
+        # a reboot forgets run-time addresses: the VIP the dead keepalived left goes too
+        netns = self.controller(node).netns
+        if any(a.split("/")[0] == self.vip for a in self.addresses(netns) or []):
+            sh("ip", "-n", netns, "addr", "del", self.state.vip, "dev", IFNAME)
+        sh("ip", "-n", self.state.switch, "link", "set", self.switch_port(node), "up")
+        if self.real:
+            self.start_etcd(node)
+            self.start_apiserver(node, wait=True)
+        else:
+            self.start_standin(node)
+        self.restart_agent(node, timeout)
 
     def wait_settled(self, timeout: float = 30.0) -> str:
         """Wait until the VIP holder's agent was told MASTER and every other one BACKUP (the
@@ -256,8 +424,20 @@ class Lab:
     def _write_configs(self) -> None:
         assert self._topology is not None
         for member in self.state.controllers:
+            extra: dict[str, Any] = {}
+            if self.real:
+                from ipvslb.lab import controlplane as cp
+
+                kubeconfig = Path(member.config).parent / "kubeconfig"
+                address = member.addresses[0].split("/")[0]
+                cp.write_kubeconfig(kubeconfig, f"https://{address}:{self.state.api_port}",
+                                    self.pki / "ca.crt")
+                extra = {"endpoints": "kubernetes", "kubeconfig": str(kubeconfig)}
+                # A restarted apiserver listens before it is ready (/readyz 500 for seconds):
+                # a TCP check would route clients to it. Real clusters want the HTTPS check.
+                self.node_settings.setdefault("realServerCheck", "https")
             doc = node_config(self._topology, member.name, interface=IFNAME,
-                              run_dir=member.run_dir)
+                              run_dir=member.run_dir, **extra)
             doc["node"].update(self.node_settings)
             header = (f"# ipvslb config for {member.name} of the one-machine lab, generated "
                       "from the lab topology by ipvslb.lab.nslab.\n")
@@ -419,8 +599,17 @@ class Lab:
               connect_timeout: float | None = None) -> Fetch:
         """GET / over HTTPS from the client namespace to the VIP (or ``target``), from
         ``source`` (one of the client's addresses); raises OSError when it fails."""
-        return https_get(self.state.client.netns, target or self.vip,
-                         port or self.state.api_port, source, timeout, connect_timeout)
+        got = https_get(self.state.client.netns, target or self.vip,
+                        port or self.state.api_port, source, timeout, connect_timeout,
+                        path=self.probe_path)
+        if self.real:  # a real apiserver says "ok"; who it is, its certificate tells
+            got = replace(got, name=self.certificates().get(got.fingerprint, "?"))
+        return got
+
+    @property
+    def probe_path(self) -> str:
+        """What a probe GETs: the stand-in's / (its name) or the apiserver's /readyz."""
+        return "/readyz" if self.real else "/"
 
     def sources(self) -> list[str]:
         return [a.split("/")[0] for a in self.state.client.addresses]
@@ -451,6 +640,11 @@ class Lab:
                 dead.append(f"the agent of {proc.node} exited ({last[-300:]})")
         return "; ".join(dead) or None
 
+    def prober(self, connect_timeout: float = 0.1) -> Prober:
+        """A request loop through the VIP from the client (start it with ``with``)."""
+        return Prober(self.state.client.netns, self.vip, self.state.api_port, self.sources(),
+                      connect_timeout * time_scale(), 2.0 * time_scale(), path=self.probe_path)
+
     def watch(self) -> VipWatch:
         """A VipWatch over the controllers (event-driven: sees every moment of two holders)."""
         from ipvslb.lab.vipwatch import VipWatch
@@ -473,8 +667,7 @@ class Lab:
             raise UserError(f"failover {how!r}: use crash, keepalived or term")
         old = self.wait_serving(timeout)
         limit = timeout * time_scale()
-        prober = Prober(self.state.client.netns, self.vip, self.state.api_port, self.sources(),
-                        probe_timeout * time_scale(), 2.0 * time_scale())
+        prober = self.prober(probe_timeout)
         with self.watch() as watch, prober:
             watch.reset()
             began = time.monotonic()

@@ -72,8 +72,9 @@ class Prober:
     (rotating over the ``sources`` addresses); every attempt is recorded."""
 
     def __init__(self, netns: str, host: str, port: int, sources: list[str],
-                 connect_timeout: float = 0.1, timeout: float = 2.0) -> None:
+                 connect_timeout: float = 0.1, timeout: float = 2.0, path: str = "/") -> None:
         self.netns, self.host, self.port, self.sources = netns, host, port, sources
+        self.path = path
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.attempts: list[_Attempt] = []
@@ -96,7 +97,7 @@ class Prober:
             error = ""
             try:
                 https_get(self.netns, self.host, self.port, source, timeout=self.timeout,
-                          connect_timeout=self.connect_timeout)
+                          connect_timeout=self.connect_timeout, path=self.path)
             except OSError as err:
                 error = f"{source}: {err!r}"
             self.attempts.append(_Attempt(start, time.monotonic(), not error, error))
@@ -131,7 +132,8 @@ def fingerprint(der: bytes) -> str:
 
 
 def https_get(netns: str, host: str, port: int, source: str | None = None,
-              timeout: float = 2.0, connect_timeout: float | None = None) -> Fetch:
+              timeout: float = 2.0, connect_timeout: float | None = None,
+              path: str = "/") -> Fetch:
     """GET / over HTTPS from network namespace ``netns`` (from address ``source``); who
     answered (the body) and the certificate's fingerprint. Raises OSError when it fails.
 
@@ -154,7 +156,8 @@ def https_get(netns: str, host: str, port: int, source: str | None = None,
         context.verify_mode = ssl.CERT_NONE
         with context.wrap_socket(sock) as tls:
             der = tls.getpeercert(binary_form=True) or b""
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+                        .encode())
             chunks = []
             while chunk := tls.recv(65536):
                 chunks.append(chunk)

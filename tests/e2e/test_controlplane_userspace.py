@@ -1,0 +1,287 @@
+"""A real Kubernetes control plane behind the VIP, userspace mode, on the host (issue 11).
+
+Three controller namespaces, each with a member of a three-member etcd cluster, a real
+kube-apiserver 1.20.2 (its own serving certificate, the VIP in its SANs) and `ipvslb up` with
+``endpoints: kubernetes`` and a kubeconfig for its local apiserver; a client namespace runs
+Debian's real kubectl against ``https://VIP:6443`` with the lab CA. The backends every agent
+uses come from the apiservers' own lease endpoint reconciler through the agent's watch; the
+tests never tell an agent what its backends are.
+
+One lab serves the whole module (starting three apiservers costs tens of seconds); every test
+leaves it with all three nodes up and serving.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipvslb.config import Role
+from ipvslb.lab import controlplane
+from ipvslb.lab.nslab import Lab, time_scale, wait_for
+from ipvslb.lab.topology import LabMode, Topology
+from tests.e2e.conftest import lab_requirements, print_logs
+
+# The apiservers' lease endpoint reconciler (1.20: TTL 15 s, reconciled every 10 s) drops a
+# dead apiserver's address within ~25 s; allow for a loaded machine.
+LEASE_EXPIRY = 60.0
+# Client-visible unavailability allowed around one failure: VRRP failover (~0.2 s), a
+# client's first connection through a dead path (connect timeout) and TLS on a busy machine.
+FAILOVER_WINDOW = 5.0
+
+BACKENDS = re.compile(r'msg="backends changed" backends=(\S+)')
+
+
+@pytest.fixture(scope="module")
+def kube_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    why = lab_requirements() or controlplane.missing()
+    if why:
+        if os.environ.get("IPVSLB_REQUIRE_APISERVER") == "1":
+            pytest.fail(f"real control-plane lab required but {why}")
+        pytest.skip(f"real control-plane lab: {why}")
+    topology = (Topology.load().select(controllers=3, workers=0)
+                .with_mode(LabMode.USERSPACE).with_role(Role.CONTROLLER_WORKER))
+    lab = Lab.plan(topology, state_dir=tmp_path_factory.mktemp("kube") / "lab",
+                   prefix=f"ipvslbcp{os.getpid()}", apiserver="kube")
+    try:
+        lab.up(timeout=120)
+        yield lab
+    finally:
+        print_logs(lab)
+        lab.down()
+
+
+def agent_backends(lab: Lab, node: str) -> list[str] | None:
+    """The backend list ``node``'s agent last adopted, from its own log line."""
+    proc = lab.proc("agent", node)
+    assert proc is not None
+    found = BACKENDS.findall(proc.output())
+    return sorted(found[-1].split(",")) if found else None
+
+
+def all_backends(lab: Lab) -> list[str]:
+    return sorted(f"{lab.address_of(n)}:{lab.state.api_port}" for n in lab.names())
+
+
+def wait_agents_follow(lab: Lab, expected: list[str], nodes: list[str] | None = None) -> None:
+    for node in nodes or lab.names():
+        wait_for(lambda n=node: agent_backends(lab, n) == expected,  # type: ignore[misc]
+                 LEASE_EXPIRY, f"{node}'s agent to use {expected}")
+
+
+def healthy(lab: Lab) -> None:
+    """All three nodes up, the API listing all three, every agent using them, one holder."""
+    for node in lab.names():
+        for role in ("etcd", "apiserver", "agent"):
+            proc = lab.proc(role, node)
+            assert proc is not None and proc.alive(), f"{node}'s {role} is not running"
+    wait_for(lambda: lab.published() == sorted(lab.address_of(n) for n in lab.names()),
+             LEASE_EXPIRY, "the API to list all three apiservers")
+    wait_agents_follow(lab, all_backends(lab))
+    lab.wait_serving(30)
+
+
+class Watch:
+    """`kubectl get configmaps --watch` through the VIP, restarted whenever it ends (as any
+    watching client does); every line it prints is kept with its time."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.lines: list[tuple[float, str]] = []
+        self.runs = 0
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.runs += 1
+            self._proc = subprocess.Popen(
+                self.lab.kubectl_argv("get", "configmaps", "--watch", "--output-watch-events",
+                                      "-o", "name", "--request-timeout=0"),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert self._proc.stdout is not None
+            for line in self._proc.stdout:
+                self.lines.append((time.monotonic(), line.strip()))
+            self._proc.wait()
+            self._stop.wait(0.2)
+
+    def seen(self, name: str) -> float | None:
+        return next((t for t, line in self.lines if line.endswith(f"/{name}")), None)
+
+
+def make_configmap(lab: Lab, name: str) -> bool:
+    """kubectl create through the VIP; True once it exists (a retry may find it made)."""
+    done = lab.kubectl("create", "configmap", name, "--from-literal=k=v", check=False)
+    return done.returncode == 0 or "AlreadyExists" in done.stderr
+
+
+def test_kubectl_through_the_vip_reaches_every_apiserver(kube_lab: Lab) -> None:
+    lab = kube_lab
+    healthy(lab)
+    assert lab.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    # kubectl verifies the serving certificate with the lab CA: the VIP is in every SAN.
+    assert lab.published() == sorted(lab.address_of(n) for n in lab.names())
+    # across fresh connections the proxy reaches each apiserver (told apart by certificate)
+    seen = {f.name for f in lab.fetch_round(rounds=2)}
+    assert seen == set(lab.names()), seen
+
+
+def test_agents_follow_the_api_when_an_apiserver_stops_and_returns(kube_lab: Lab) -> None:
+    lab = kube_lab
+    healthy(lab)
+    holder = lab.wait_serving(30)
+    victim = next(n for n in lab.names() if n != holder)
+    proc = lab.proc("apiserver", victim)
+    assert proc is not None
+    proc.signal(signal.SIGKILL)  # no graceful lease removal: the lease must expire
+    others = sorted(f"{lab.address_of(n)}:{lab.state.api_port}" for n in lab.names()
+                    if n != victim)
+    wait_for(lambda: lab.published() == sorted(a.split(":")[0] for a in others),
+             LEASE_EXPIRY, f"the API to drop {victim} after its lease expired")
+    # every agent whose watch is up (all but the victim, whose local apiserver is gone)
+    wait_agents_follow(lab, others, [n for n in lab.names() if n != victim])
+    assert lab.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    lab.start_apiserver(victim)
+    healthy(lab)  # it returns: in the API and in every agent's list
+
+
+def test_power_off_of_the_vip_holder_while_a_watch_and_a_request_loop_run(
+        kube_lab: Lab) -> None:
+    lab = kube_lab
+    healthy(lab)
+    old = lab.wait_serving(30)
+    with Watch(lab) as watch, lab.prober() as loop:
+        assert make_configmap(lab, "before-power-off")
+        wait_for(lambda: watch.seen("before-power-off"), 30, "the watch to see a change")
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        lab.power_off(old)
+        new = wait_for(lambda: next((h for h in lab.holders() if h != old), None), 15,
+                       "the VIP on another controller")
+        first_ok = loop.first_ok(killed_at, 30 * time_scale())
+        assert first_ok is not None, "no request through the VIP succeeded after power-off"
+        # a change made after the failover reaches the (resumed) watch through the VIP
+        wait_for(lambda: make_configmap(lab, "after-power-off"), 30,
+                 "kubectl create through the VIP after the failover")
+        wait_for(lambda: watch.seen("after-power-off"), 30,
+                 "the watch to resume through the VIP and see a change made after failover")
+        # keep the loop running well past the window: nothing may fail after it
+        time.sleep(max(1.0, killed_at + FAILOVER_WINDOW * time_scale() + 3.0 - time.monotonic()))
+        ended = time.monotonic()
+    # the powered-off node's eth0 still has the address, but no carrier: it answers nobody
+    assert new != old and [h for h in lab.holders() if h != old] == [new]
+    after = [a for a in loop.attempts if a.start >= killed_at]
+    failed = [a for a in after if not a.ok]
+    # Besides the VIP moving, the dead node's apiserver is still in the new holder's rotation
+    # until its health check fails it (interval 1 s, fall 2): a connection sent there waits
+    # for the proxy's connect timeout before the next backend is tried. Both fit the window.
+    late = [a for a in failed if a.start > killed_at + FAILOVER_WINDOW * time_scale()]
+    print(f"power-off: first answer {first_ok - killed_at:.3f}s after the kill; "
+          f"{len(failed)} of {len(after)} requests failed, at "
+          f"{[round(a.start - killed_at, 2) for a in failed]} s; watch runs {watch.runs}; "
+          f"{ended - killed_at:.1f}s observed")
+    assert first_ok - killed_at <= FAILOVER_WINDOW * time_scale()
+    assert not late, f"requests failed after the failover window: {late[:3]}"
+    assert any(a.ok for a in after if a.start > killed_at + FAILOVER_WINDOW * time_scale())
+    lab.power_on(old)
+    healthy(lab)
+    lab.kubectl("delete", "configmap", "before-power-off", "after-power-off")
+
+
+def test_the_vip_leaves_a_node_whose_local_apiserver_dies(kube_lab: Lab) -> None:
+    lab = kube_lab
+    healthy(lab)
+    old = lab.wait_serving(30)
+    proc = lab.proc("apiserver", old)
+    assert proc is not None
+    proc.signal(signal.SIGKILL)  # the agent and keepalived stay up
+    wait_for(lambda: lab.holder() not in (None, old), 30,
+             f"the VIP to leave {old}, whose apiserver died")
+    agent = lab.proc("agent", old)
+    assert agent is not None and agent.alive()
+    assert lab.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    lab.start_apiserver(old)
+    healthy(lab)
+
+
+def test_rolling_restart_fails_no_request_outside_each_failover_window(kube_lab: Lab) -> None:
+    lab = kube_lab
+    healthy(lab)
+    steps: list[float] = []
+    with lab.prober() as loop:
+        for node in lab.names():  # as an operator upgrading the cluster: one node at a time
+            steps.append(time.monotonic())
+            agent = lab.proc("agent", node)
+            assert agent is not None
+            agent.stop(10)  # systemctl stop ipvslb: the VIP is released first (priority 0)
+            for role in ("apiserver", "etcd"):
+                proc = lab.proc(role, node)
+                assert proc is not None
+                proc.stop(20)
+            lab.start_etcd(node)
+            lab.start_apiserver(node)
+            lab.restart_agent(node, 60)
+            healthy(lab)
+        ended = time.monotonic()
+    failed = [a for a in loop.attempts if not a.ok]
+    outside = [a for a in failed
+               if not any(s <= a.start <= s + FAILOVER_WINDOW * time_scale() for s in steps)]
+    print(f"rolling restart: {len(loop.attempts)} requests in {ended - steps[0]:.1f}s, "
+          f"{len(failed)} failed, {len(outside)} outside the failover windows")
+    assert loop.attempts and not outside, outside[:5]
+
+
+def test_api_unreachable_from_the_holder_never_empties_its_backends(kube_lab: Lab) -> None:
+    lab = kube_lab
+    healthy(lab)
+    holder = lab.wait_serving(30)
+    netns = lab.controller(holder).netns
+    address = lab.address_of(holder)
+    # The holder's agent reaches its apiserver at its node address (its kubeconfig); reset
+    # those connections from inside the node. The local health check (127.0.0.1) still
+    # passes, so this node keeps the VIP with its watch down.
+    rule = ["OUTPUT", "-o", "lo", "-d", address, "-p", "tcp", "--dport",
+            str(lab.state.api_port), "-j", "REJECT", "--reject-with", "tcp-reset"]
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", "-I", *rule], check=True)
+    try:
+        agent = lab.proc("agent", holder)
+        assert agent is not None
+        wait_for(lambda: "Failed to watch API server endpoints" in agent.output(), 90,
+                 f"{holder}'s watch to fail")
+        with lab.prober() as loop:
+            time.sleep(3.0)
+        assert lab.holder() == holder
+        assert agent_backends(lab, holder) == all_backends(lab)  # kept, never emptied
+        assert "ignored an empty backend list" not in agent.output()
+        ok = [a for a in loop.attempts if a.ok]
+        assert ok and len(ok) == len(loop.attempts), [a.error for a in loop.attempts][:3]
+    finally:
+        subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], check=False)
+    healthy(lab)
+
+
+def test_lab_state_names_the_real_control_plane(kube_lab: Lab) -> None:
+    lab = kube_lab
+    assert lab.real and Path(lab.client_kubeconfig).exists()
+    roles = {p.role for p in lab.state.processes}
+    assert {"etcd", "apiserver", "agent"} <= roles and "standin" not in roles

@@ -38,10 +38,16 @@ def _state_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--mode", type=click.Choice([m.value for m in LabMode]),
-                     default=LabMode.USERSPACE.value, show_default=True,
-                     help="userspace: proxy + iptables REDIRECT (any kernel); virtual-servers: "
-                          "keepalived + IPVS (needs IPVS and dummy links, or --vm)."),
+        click.option("--mode", type=click.Choice(["auto", *(m.value for m in LabMode)]),
+                     default="auto", show_default=True,
+                     help="virtual-servers: keepalived + IPVS (needs IPVS and dummy links, or "
+                          "--vm); userspace: proxy + iptables REDIRECT (any kernel); auto: "
+                          "virtual-servers where this kernel can, else userspace."),
+        click.option("--apiserver", type=click.Choice(["auto", *nslab.APISERVER_KINDS]),
+                     default="auto", show_default=True,
+                     help="kube: a real etcd + kube-apiserver per controller (endpoints: "
+                          "kubernetes, kubectl through the VIP); standin: a small HTTPS "
+                          "stand-in; auto: kube where the kube-apiserver is built."),
         click.option("--controllers", type=click.IntRange(1, 9), default=3, show_default=True,
                      help="How many controllers of the topology to start."),
         click.option("--topology", type=click.Path(path_type=Path), default=DEFAULT_TOPOLOGY,
@@ -92,10 +98,40 @@ def _preflight(mode: LabMode, prefix: str) -> None:
                             "ipvslb lacks; use --mode userspace")
 
 
+def choose_mode(mode: str, prefix: str) -> LabMode:
+    """``auto``: the first-class virtual-servers mode where this kernel has IPVS and dummy
+    links, else userspace (said in one line)."""
+    if mode != "auto":
+        return LabMode(mode)
+    ok, missing = nslab.kernel_has_ipvs(f"{prefix}-probe") if os.geteuid() == 0 else (False, "")
+    if ok:
+        return LabMode.VIRTUAL_SERVERS
+    say(f"mode: userspace (this kernel lacks {missing or 'what virtual-servers mode needs'}; "
+        "`--mode virtual-servers --vm` runs the first-class mode in the project's QEMU guest)")
+    return LabMode.USERSPACE
+
+
+def choose_apiserver(apiserver: str) -> str:
+    """``auto``: real apiservers where the build exists, else the stand-in (said in one
+    line, with how to build it)."""
+    if apiserver != "auto":
+        return apiserver
+    from ipvslb.lab import controlplane
+
+    why = controlplane.missing()
+    if why is None:
+        return "kube"
+    say(f"apiservers: HTTPS stand-ins ({why}; then `--apiserver kube` runs real ones)")
+    return "standin"
+
+
 def _plan(mode: str, controllers: int, topology: Path, subnet: str, prefix: str,
-          state_dir: Path) -> nslab.Lab:
-    lab_mode = LabMode(mode)
+          state_dir: Path, apiserver: str = "auto") -> nslab.Lab:
+    if os.geteuid() != 0:
+        _preflight(LabMode.USERSPACE, prefix)  # one line: needs root
+    lab_mode = choose_mode(mode, prefix)
     _preflight(lab_mode, prefix)
+    kind = choose_apiserver(apiserver)
     topo = Topology.load(topology).select(controllers=controllers, workers=0)
     topo = topo.with_mode(lab_mode)
     if lab_mode is LabMode.USERSPACE:
@@ -105,7 +141,8 @@ def _plan(mode: str, controllers: int, topology: Path, subnet: str, prefix: str,
     if nslab.Lab.exists(state_dir):
         raise UserError(f"a lab is up already ({state_dir}); see `ipvslb lab status`, or "
                         "remove it with `ipvslb lab down`")
-    return nslab.Lab.plan(topo, state_dir=state_dir, prefix=prefix, subnet=subnet)
+    return nslab.Lab.plan(topo, state_dir=state_dir, prefix=prefix, subnet=subnet,
+                          apiserver=kind)
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -151,6 +188,16 @@ def show_fetches(lab: nslab.Lab, rounds: int = 1) -> set[str]:
     return seen
 
 
+def show_kubectl(lab: nslab.Lab) -> None:
+    """The real kubectl in the client namespace, through the VIP (server https://VIP:6443)."""
+    title("kubectl through the VIP (the lab CA verifies whichever apiserver answers)")
+    prefix = f"kubectl --kubeconfig {lab.client_kubeconfig.name}"
+    for args in (("get", "--raw", "/readyz"), ("get", "endpoints", "kubernetes")):
+        done = nslab.wait_for(lambda a=args: lab.kubectl(*a), 30,  # type: ignore[misc]
+                              f"kubectl {' '.join(args)} through the VIP")
+        shown(f"{prefix} {' '.join(args)}", done.stdout)
+
+
 def show_logs(lab: nslab.Lab, lines: int = 12) -> None:
     for proc in lab.state.processes:
         text = proc.output().rstrip().splitlines()[-lines:]
@@ -194,13 +241,16 @@ def bring_up(lab: nslab.Lab) -> float:
 @lab.command()
 @_build_options
 @_state_dir_option
-def up(mode: str, controllers: int, topology: Path, subnet: str, prefix: str,
+def up(mode: str, apiserver: str, controllers: int, topology: Path, subnet: str, prefix: str,
        state_dir: Path) -> None:
     """Build the lab and leave it running (see `status`, `failover`, `down`)."""
-    the_lab = _plan(mode, controllers, topology, subnet, prefix, state_dir)
+    the_lab = _plan(mode, controllers, topology, subnet, prefix, state_dir, apiserver)
     seconds = bring_up(the_lab)
-    say(f"lab up in {seconds:.1f} s: VIP {the_lab.vip} on {the_lab.holder()}; "
-        f"`ipvslb lab status` to look, `ipvslb lab down` to remove it")
+    say(f"lab up in {seconds:.1f} s ({the_lab.mode.value} mode): VIP {the_lab.vip} on "
+        f"{the_lab.holder()}; `ipvslb lab status` to look, `ipvslb lab down` to remove it")
+    if the_lab.real:
+        say(f"kubectl through the VIP: ip netns exec {the_lab.state.client.netns} kubectl "
+            f"--kubeconfig {the_lab.client_kubeconfig} get endpoints kubernetes")
 
 
 @lab.command()
@@ -213,14 +263,15 @@ def status(state_dir: Path) -> None:
         f"client {st.client.netns} ({len(st.client.addresses)} addresses)")
     for member in st.controllers:
         agent = the_lab.proc("agent", member.name)
-        standin = the_lab.proc("standin", member.name)
+        standin = the_lab.proc("apiserver" if the_lab.real else "standin", member.name)
         holds = the_lab.vip in [a.split("/")[0] for a in the_lab.addresses(member.netns) or []]
         dummy = the_lab.dummy_addresses(member.name)
         vrrp = the_lab.vrrp_state(member.name)
         say(f"  {member.name:<8} {member.addresses[0]:<15} VRRP {vrrp:<7}"
             f" {'VIP' if holds else '   '}  agent "
             f"{'pid ' + str(agent.pid) if agent and agent.alive() else 'DOWN'}, keepalived "
-            f"{','.join(map(str, the_lab.keepalived_pids(member.name))) or 'DOWN'}, stand-in "
+            f"{','.join(map(str, the_lab.keepalived_pids(member.name))) or 'DOWN'}, "
+            f"{'kube-apiserver' if the_lab.real else 'stand-in'} "
             f"{'up' if standin and standin.alive() else 'DOWN'}, dummyvip0 "
             f"{','.join(dummy) if dummy is not None else 'absent'}")
     title("through the VIP")
@@ -282,14 +333,15 @@ def down(state_dir: Path, prefix: str) -> None:
 @_state_dir_option
 @click.option("--vm", is_flag=True,
               help="Run the demo inside the project's QEMU guest (a kernel with IPVS).")
-def demo(mode: str, controllers: int, topology: Path, subnet: str, prefix: str,
+def demo(mode: str, apiserver: str, controllers: int, topology: Path, subnet: str, prefix: str,
          state_dir: Path, vm: bool) -> None:
     """The whole tour: build, VIP, load balancing, a failover, tear down."""
     if vm:
-        sys.exit(run_in_vm(["demo", "--mode", mode, "--controllers", str(controllers),
+        sys.exit(run_in_vm(["demo", "--mode", mode, "--apiserver", apiserver,
+                            "--controllers", str(controllers),
                             "--topology", str(Path(topology).resolve()), "--subnet", subnet,
                             "--prefix", prefix]))
-    the_lab = _plan(mode, controllers, topology, subnet, prefix, state_dir)
+    the_lab = _plan(mode, controllers, topology, subnet, prefix, state_dir, apiserver)
     try:
         tour(the_lab)
     except BaseException:
@@ -323,8 +375,14 @@ def tour(lab: nslab.Lab) -> None:
     title("Building the lab")
     say(f"namespaces: {', '.join(m.netns for m in st.controllers)}, {st.client.netns}, "
         f"{st.switch} (the bridge)")
-    say("each controller: an apiserver stand-in (HTTPS on :6443, its own certificate) and "
-        "`ipvslb up -c <its config>` with real keepalived")
+    if lab.real:
+        say("each controller: an etcd member (one three-member cluster), a real kube-apiserver "
+            "(:6443, its own certificate with the VIP in its SANs) and `ipvslb up -c <its "
+            "config>` (endpoints: kubernetes, a kubeconfig for its local apiserver) with real "
+            "keepalived")
+    else:
+        say("each controller: an apiserver stand-in (HTTPS on :6443, its own certificate) and "
+            "`ipvslb up -c <its config>` with real keepalived")
     seconds = bring_up(lab)
     holder = lab.holder()
     say(f"VIP {lab.vip} up and answering on {holder}, {seconds:.1f} s after the agents started")
@@ -361,6 +419,8 @@ def tour(lab: nslab.Lab) -> None:
         seen |= show_fetches(lab, rounds=1)
     say(f"apiservers seen through the VIP: {', '.join(sorted(seen))} "
         f"({len(seen)} of {len(st.controllers)})")
+    if lab.real:
+        show_kubectl(lab)
 
     if len(st.controllers) < 2:
         say("(one controller: no failover to show)")
@@ -379,6 +439,8 @@ def tour(lab: nslab.Lab) -> None:
                        lab.controller(new).netns, check=False))
     title("Clients are still served")
     show_fetches(lab)
+    if lab.real:
+        show_kubectl(lab)
 
     title(f"{result.old} comes back: `ipvslb up` again")
     took = lab.restart_agent(result.old)

@@ -27,23 +27,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-K8S_VERSION = "1.20.2"
+from ipvslb.lab.controlplane import K8S_VERSION, apiserver_binary
+
+__all__ = ["K8S_VERSION", "Cluster", "apiserver_binary", "missing_prerequisite"]
+
 SECURE_PORT = 6443
 ETCD_PORT = 2379
 ADMIN_TOKEN = "ipvslb-test-admin-token"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 _CLONE_NEWNET = 0x40000000
 _counter = itertools.count()
-
-
-def apiserver_binary() -> Path | None:
-    """The kube-apiserver built by tests/apiserver/build, or None if it is not built."""
-    explicit = os.environ.get("IPVSLB_KUBE_APISERVER")
-    if explicit:
-        return Path(explicit) if os.access(explicit, os.X_OK) else None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    binary = cache / "ipvslb" / "apiserver" / K8S_VERSION / "kube-apiserver"
-    return binary if os.access(binary, os.X_OK) else None
 
 
 def missing_prerequisite() -> str | None:

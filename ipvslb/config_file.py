@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ipvslb import config as c
-from ipvslb.errors import ConfigError, UserError
+from ipvslb import yamlread
+from ipvslb.errors import ConfigError
 from ipvslb.validate import Problems, Section, build_config
 
 NATIVE_FIELDS = ("apiVersion", "kind", "node", "endpoints", "controlPlaneLoadBalancing")
@@ -66,19 +65,4 @@ def config_from_document(doc: Any, role_override: str | None = None) -> c.Config
 
 def load(path: str | Path, role_override: str | None = None) -> c.Config:
     """Read and validate ``path``; raise UserError/ConfigError with one line per problem."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{file}: no such file; pass an existing config with -c") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
-        raise UserError(f"{file}: cannot read it ({err.__class__.__name__}); pass a readable "
-                        "YAML file with -c") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise UserError(f"{file}: not valid YAML{where}: {problem}; fix the syntax") from None
-    return config_from_document(doc, role_override)
+    return config_from_document(yamlread.read(path), role_override)

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from ipvslb import yamlread
 from ipvslb.errors import UserError
 
 K0S_ADMIN_KUBECONFIG = "/var/lib/k0s/pki/admin.conf"
@@ -88,18 +87,14 @@ def _check_file(path: str, origin: str) -> None:
     where = f"kubeconfig {path} ({origin})"
     try:
         with open(path, encoding="utf-8") as stream:
-            document: Any = yaml.safe_load(stream)
+            text = stream.read(yamlread.MAX_BYTES + 1)
     except PermissionError:
         raise UserError(f"{where}: permission denied; run as root or fix its mode") from None
     except UnicodeDecodeError:
         raise UserError(f"{where}: not a text file") from None
     except OSError as err:
         raise UserError(f"{where}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise UserError(f"{where}: not valid YAML{line}: {problem}") from None
+    document: Any = yamlread.parse(text, where)
     if not isinstance(document, dict):
         raise UserError(f"{where}: expected a kubeconfig mapping (apiVersion: v1, kind: Config)")
     for key in ("clusters", "contexts", "users"):

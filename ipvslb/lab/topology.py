@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ipvslb import yamlread
 from ipvslb.config import DEFAULT_API_PORT, IPAddress, IPInterface, Role
 from ipvslb.errors import ConfigError, UserError
 from ipvslb.files import write_atomic
@@ -106,17 +107,8 @@ class Topology:
     def load(cls, path: str | Path = DEFAULT_TOPOLOGY) -> Topology:
         """Read and check a topology file; UserError/ConfigError with one line per problem."""
         file = Path(path)
-        try:
-            doc = yaml.safe_load(file.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{file}: no such topology file; pass an existing one (see "
-                            "examples/lab-topology.yaml)") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{file}: cannot read it ({err.__class__.__name__})") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise UserError(f"{file}: not valid YAML{where}; fix the syntax") from None
+        doc = yamlread.read(file, "pass an existing one (see examples/lab-topology.yaml)",
+                            kind="topology")
         try:
             return cls.from_document(doc)
         except ConfigError as err:

@@ -27,6 +27,8 @@ STOP_GRACE = 5.0
 PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
 # A keepalived that ran this long before dying is restarted at once (the backoff starts over).
 STABLE_RUN = 60.0
+# How long a reload asked for while keepalived starts waits for it to be ready.
+READY_TIMEOUT = 60.0
 
 
 class _Exited(Exception):
@@ -131,6 +133,7 @@ class Keepalived:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._pending_reload: asyncio.Task[None] | None = None
 
     def command(self) -> list[str]:
         if not os.access(self.binary, os.X_OK):
@@ -204,20 +207,56 @@ class Keepalived:
                 continue  # it ran long enough: restart at once, backoff starts over
             return
 
-    def reload(self) -> bool:
-        """SIGHUP keepalived so it re-reads its files; False when it is not running."""
-        if self.process is None or self.process.returncode is not None:
+    def ready(self) -> bool:
+        """Whether the running keepalived has set itself up: its pid file names it and its
+        VRRP child runs. Before that a SIGHUP kills it (the default action of the signal,
+        while `ip netns exec`/setpriv are still exec-ing or keepalived has not yet installed
+        its handlers): seen at start-up on a slow machine, a reload right after the spawn."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
             return False
+        child = pid_from_file(self.run_dir / "vrrp.pid")
+        return (pid_from_file(self.run_dir / "keepalived.pid") == proc.pid
+                and child is not None and is_keepalived(child))
+
+    def reload(self) -> bool:
+        """SIGHUP keepalived so it re-reads its files; False when it is not running. A
+        keepalived still starting is reloaded as soon as it is ready (it may have read its
+        files before they changed)."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return False
+        if not self.ready():
+            if self._pending_reload is None or self._pending_reload.done():
+                self._pending_reload = asyncio.create_task(self._reload_when_ready(proc),
+                                                           name="keepalived-reload")
+            return True
+        return self._hup(proc)
+
+    def _hup(self, proc: asyncio.subprocess.Process) -> bool:
         # setpriv and `ip netns exec` exec keepalived: the child's pid is keepalived's.
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGHUP)
+            os.kill(proc.pid, signal.SIGHUP)
             log.info("reloaded keepalived (SIGHUP)")
             return True
         return False
 
+    async def _reload_when_ready(self, proc: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while proc is self.process and proc.returncode is None and loop.time() < deadline:
+            if self.ready():
+                self._hup(proc)
+                return
+            await asyncio.sleep(0.05)
+        # it exited (the next one reads the current files) or never became ready (the
+        # supervisor's restart handles that)
+
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Graceful stop (SIGTERM: VIPs dropped, peers take over), SIGKILL after ``grace``."""
         self._stopping = True
+        if self._pending_reload is not None:
+            self._pending_reload.cancel()
         proc = self.process
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -17,6 +17,8 @@ from ipvslb import logfmt
 from ipvslb.cmd_config import config_option, load_and_warn, role_option
 from ipvslb.errors import UserError
 
+log = logfmt.get("agent")
+
 priority_option = click.option(
     "--priority", type=click.IntRange(1, 254), default=None,
     help="VRRP priority of this node (default: node.priority, else derived from its address).")
@@ -77,8 +79,16 @@ def up(config_path: str, role: str | None, priority: int | None, log_level: str)
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+
+            def stopping(sig: signal.Signals) -> None:
+                if not stop.is_set():
+                    log.info("stopping", extra={"signal": sig.name})
+                stop.set()
+
+            # SIGHUP (a closed terminal, a careless `kill -HUP`) stops as cleanly as SIGTERM;
+            # its default action would kill the agent with keepalived's VIPs and rules left.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(sig, stopping, sig)
             await agent.run(stop)
 
         asyncio.run(main())

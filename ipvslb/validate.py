@@ -7,6 +7,7 @@ gathered before anything is reported, and nothing is written or changed when the
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,6 +161,26 @@ def parse_duration(value: Any) -> float | None:
     return sign * total if pos == len(text) and pos > 0 else None
 
 
+def bounded_duration(problems: Problems, key: str, raw: Any, lo: float, hi: float,
+                     example: str) -> float | None:
+    """A duration from ``lo`` to ``hi`` seconds (finite: nan, inf and "1ns" would busy-loop
+    or never run a check); None, with the problem recorded, otherwise."""
+    value = parse_duration(raw)
+    if value is None or not math.isfinite(value) or not lo <= value <= hi:
+        problems.add(key, f"must be a duration from {_seconds(lo)} to {_seconds(hi)} such as "
+                     f"{example}, got {raw!r}")
+        return None
+    return value
+
+
+def _seconds(value: float) -> str:
+    if value >= 3600 and value % 3600 == 0:
+        return f"{value / 3600:g}h"
+    if value >= 60 and value % 60 == 0:
+        return f"{value / 60:g}m"
+    return f"{value:g}s" if value >= 1 else f"{value * 1000:g}ms"
+
+
 def valid_ifname(name: str) -> str | None:
     """Why the kernel would refuse ``name`` as an interface name, or None when it is fine."""
     if not name:
@@ -248,6 +269,8 @@ def _vrrp_instance(
         version, advert = 2, float(seconds or 1)
     elif s.has("advertInterval"):
         value = parse_duration(s.raw("advertInterval"))
+        if value is not None and not math.isfinite(value):
+            value = None
         off_grid = value is not None and abs(value * 100 - round(value * 100)) > 1e-6
         if value is None or not 0.01 <= value <= 40.95 or off_grid:
             problems.add("advertInterval", f"must be from 0.01 to 40.95 seconds in steps of 0.01 "
@@ -361,11 +384,9 @@ def _virtual_server(
         seen.add(ip)
     delay = c.DEFAULT_DELAY_LOOP
     if s.has("delayLoop"):
-        parsed = parse_duration(s.raw("delayLoop"))
-        if parsed is None or parsed <= 0:
-            problems.add("delayLoop", f"must be a positive duration such as 5s or 1m, got "
-                         f"{s.raw('delayLoop')!r}")
-        else:
+        parsed = bounded_duration(problems, "delayLoop", s.raw("delayLoop"), 1.0, 3600.0,
+                                  "5s or 1m")
+        if parsed is not None:
             delay = parsed
     algo = s.str_("lbAlgo", "rr") or "rr"
     if algo not in c.LB_ALGOS:
@@ -416,11 +437,9 @@ def _node(problems: Problems, raw: Any, api_port: int | None) -> c.NodeSettings:
         hd = c.ApiserverHealth()
         times = {}
         for key, dflt in (("interval", hd.interval), ("timeout", hd.timeout)):
-            val = parse_duration(h.raw(key)) if h.has(key) else dflt
-            if val is None or val <= 0:
-                problems.add(key, f"must be a positive duration such as 1s, got {h.raw(key)!r}")
-                val = dflt
-            times[key] = val
+            val = (bounded_duration(problems, key, h.raw(key), 0.1, 600.0, "1s")
+                   if h.has(key) else dflt)
+            times[key] = dflt if val is None else val
         health = c.ApiserverHealth(
             enabled=h.bool_("enabled", hd.enabled), interval=times["interval"],
             timeout=times["timeout"], rise=h.int_("rise", hd.rise, 1, 100) or hd.rise,

@@ -89,8 +89,15 @@ def test_iptables_rules_once_while_running_also_after_sigkill_restart_and_gone_a
         lab.restart_agent(node)
         assert_rules_once(lab)
         lab.wait_serving()
-    for node in lab.names():
-        lab.stop_agent(node)
+    for index, node in enumerate(lab.names()):
+        if index == 0:  # SIGHUP (a closed terminal) stops as cleanly as SIGTERM (issue 17)
+            agent = lab.proc("agent", node)
+            assert agent is not None and agent.signal(signal.SIGHUP)
+            wait_for(lambda a=agent: not a.alive(), 30,  # type: ignore[misc]
+                     f"{node}'s agent to stop on SIGHUP")
+            assert 'msg=stopping signal=SIGHUP' in agent.output()
+        else:
+            lab.stop_agent(node)
         assert redirect_rules(lab, node) == [], node
         assert lab.iptables_rules(node) == [], node  # chains gone too
     assert lab.holders() == []

@@ -27,6 +27,7 @@ from ipvslb.endpoints.source import Backend, EndpointSource, StaticSource
 from ipvslb.files import write_atomic
 from ipvslb.keepalived_proc import Keepalived, stop_leftover
 from ipvslb.mode import Mode, decide
+from ipvslb.validate import loop_backend
 
 log = logfmt.get("agent")
 
@@ -48,6 +49,7 @@ class Agent:
         self.run_dir = Path(config.node.run_dir)
         self.facts = kf.resolve_facts(config, priority, netns)
         self.backends: list[Backend] = []
+        self._refused_seen: set[Backend] = set()
         self.keepalived: Keepalived | None = None
         self.proxy: Any = None
         self.source: EndpointSource | None = None
@@ -154,12 +156,23 @@ class Agent:
 
     # -- changes ----------------------------------------------------------------------------
 
+    def _refused(self, backend: Backend) -> bool:
+        """A backend the API lists that would loop clients back to ipvslb (an apiserver
+        advertising the VIP, say): dropped, said once per backend."""
+        vips = {v.ip for inst in self.config.vrrp_instances for v in inst.virtual_ips}
+        why = loop_backend(backend.ip, backend.port, vips,
+                           self.config.user_space_proxy_bind_port)
+        if why and backend not in self._refused_seen:
+            self._refused_seen.add(backend)
+            log.warning("ignored a backend", extra={"backend": str(backend), "why": why})
+        return why is not None
+
     def _on_update_threadsafe(self, backends: Sequence[Backend]) -> None:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(self.update_backends, list(backends))
 
     def update_backends(self, backends: list[Backend]) -> None:
-        new = sorted(set(backends))
+        new = sorted(b for b in set(backends) if not self._refused(b))
         if not new:
             log.warning("ignored an empty backend list; keeping the last known backends",
                         extra={"kept": len(self.backends)})

@@ -403,3 +403,36 @@ def test_load_errors(tmp_path: Path) -> None:
         load(tmp_path / "missing.yaml")
     with pytest.raises(UserError, match="cannot read it"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize(("static", "expected"), [
+    (["10.0.0.100"], "endpoints.static[0]: 10.0.0.100:6443 is a VIP, not an apiserver"),
+    (["10.0.0.1", "10.0.0.2:6444"],
+     "endpoints.static[1]: 10.0.0.2:6444 uses the userspace proxy's port 6444"),
+])
+def test_a_backend_that_loops_back_to_ipvslb_is_refused(static: list[str], expected: str) -> None:
+    # issue 17: the proxy connected to itself until every file descriptor was gone
+    doc = base()
+    doc["endpoints"] = {"source": "static", "static": static}
+    found = problems_of(doc)
+    assert any(expected in p for p in found), found
+
+
+def test_an_api_listed_backend_that_is_a_vip_is_dropped_once(caplog: pytest.LogCaptureFixture
+                                                              ) -> None:
+    from ipvslb.agent import Agent
+    from ipvslb.endpoints.source import Backend
+
+    agent = Agent(config_from_document(base()))
+    good, vip = Backend("10.0.0.1", 6443), Backend("10.0.0.100", 6443)
+    assert agent._refused(vip) and agent._refused(vip) and not agent._refused(good)
+    assert sum("ignored a backend" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_many_endpoints_are_checked_for_duplicates_in_linear_time() -> None:
+    doc = base()
+    addresses = [f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(1, 20001)]
+    doc["endpoints"] = {"source": "static", "static": [*addresses, addresses[7]]}
+    found = problems_of(doc)  # a list took 11 s here; a set takes milliseconds
+    assert found == [f"endpoints.static[20000]: {addresses[7]!r} is listed twice; remove the "
+                     "duplicate"]

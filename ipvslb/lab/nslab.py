@@ -344,12 +344,13 @@ class Lab:
         return sorted(a["ip"] for s in subsets for a in s.get("addresses") or [])
 
     def power_off(self, node: str) -> list[int]:
-        """The node loses power: its apiserver, etcd member, keepalived and agent are frozen,
+        """The node loses power: its apiserver (or stand-in), etcd member, keepalived and agent
+        are frozen,
         then SIGKILLed, all together (nothing gets to clean up). Returns the pids killed."""
         # no power, no carrier: first the node's switch port goes down (it falls silent at
         # once; the VIP address its dead keepalived leaves on eth0 answers nobody)
         sh("ip", "-n", self.state.switch, "link", "set", self.switch_port(node), "down")
-        victims = [p.pid for role in ("apiserver", "etcd")
+        victims = [p.pid for role in ("apiserver", "etcd", "standin")
                    if (p := self.proc(role, node)) is not None and p.alive()]
         for sig in (signal.SIGSTOP,):
             for pid in victims:
@@ -359,7 +360,7 @@ class Lab:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for role in ("apiserver", "etcd"):
+        for role in ("apiserver", "etcd", "standin"):
             proc = self.proc(role, node)
             if proc is not None:
                 wait_for(lambda p=proc: not p.alive(), 10,  # type: ignore[misc]
@@ -582,6 +583,12 @@ class Lab:
         else:
             out = sh(sys.executable, "-m", "ipvslb", "show", "-S", "--netns", netns)
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def ipvsadm(self, node: str, *args: str) -> str:
+        """The real ipvsadm's output in ``node``'s namespace (e.g. ``-L -n -c``)."""
+        if not shutil.which("ipvsadm"):
+            raise UserError("ipvsadm is not installed: apt-get install ipvsadm")
+        return sh("ipvsadm", *args, netns=self.controller(node).netns)
 
     def certificates(self) -> dict[str, str]:
         """Fingerprint -> controller name, from the stand-ins' certificate files."""

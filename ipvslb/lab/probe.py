@@ -166,3 +166,55 @@ def https_get(netns: str, host: str, port: int, source: str | None = None,
     if not head.startswith("HTTP/1.1 200"):
         raise OSError(f"unexpected answer from {host}:{port}: {head[:80]!r}")
     return Fetch(source or "", body.strip(), fingerprint(der))
+
+
+class KeepAlive:
+    """One long-lived HTTPS connection through the VIP from ``source`` in ``netns``: each
+    :meth:`get` sends a request on the same TCP connection (HTTP/1.1 keep-alive), as a
+    watching or pooled client does. ``name``: the fingerprint of whoever answers; the
+    connection cannot move to another backend, so it changes only if the connection dies."""
+
+    def __init__(self, netns: str, host: str, port: int, source: str,
+                 timeout: float = 10.0) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with netns_mod.entered(netns):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.bind((source, 0))
+            sock.connect((host, port))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self.tls = context.wrap_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.source = source
+        self.local_port = self.tls.getsockname()[1]
+        self.fingerprint = fingerprint(self.tls.getpeercert(binary_form=True) or b"")
+
+    def get(self, path: str = "/") -> str:
+        """One request on this connection; the answer's body. Raises OSError when the
+        connection is gone (reset, closed or timed out)."""
+        self.tls.sendall(f"GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the server closed the connection")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the server closed the connection mid-answer")
+            body += chunk
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise OSError(f"unexpected answer: {head[:80]!r}")
+        return body.decode(errors="replace").strip()
+
+    def close(self) -> None:
+        self.tls.close()

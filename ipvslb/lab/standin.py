@@ -46,7 +46,9 @@ def serve(name: str, port: int, cert_dir: Path, address: str = "::") -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        timeout = 10  # a client that stalls (e.g. cut off by a failover) frees its thread
+        # an idle keep-alive connection is closed after this; a client that stalls (e.g. cut off
+        # by a failover) frees its thread. Long enough for a failover in the emulated guest.
+        timeout = 120
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             body = b"ok" if self.path in ("/readyz", "/healthz", "/livez") else body_name

@@ -14,10 +14,8 @@ leaves it with all three nodes up and serving.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,18 +24,22 @@ import pytest
 
 from ipvslb.config import Role
 from ipvslb.lab import controlplane
+from ipvslb.lab.kubewatch import (
+    LEASE_EXPIRY,
+    Watch,
+    agent_backends,
+    all_backends,
+    make_configmap,
+    wait_agents_follow,
+)
+from ipvslb.lab.kubewatch import wait_healthy as healthy
 from ipvslb.lab.nslab import Lab, time_scale, wait_for
 from ipvslb.lab.topology import LabMode, Topology
 from tests.e2e.conftest import lab_requirements, print_logs
 
-# The apiservers' lease endpoint reconciler (1.20: TTL 15 s, reconciled every 10 s) drops a
-# dead apiserver's address within ~25 s; allow for a loaded machine.
-LEASE_EXPIRY = 60.0
 # Client-visible unavailability allowed around one failure: VRRP failover (~0.2 s), a
 # client's first connection through a dead path (connect timeout) and TLS on a busy machine.
 FAILOVER_WINDOW = 5.0
-
-BACKENDS = re.compile(r'msg="backends changed" backends=(\S+)')
 
 
 @pytest.fixture(scope="module")
@@ -57,82 +59,6 @@ def kube_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         print_logs(lab)
         lab.down()
-
-
-def agent_backends(lab: Lab, node: str) -> list[str] | None:
-    """The backend list ``node``'s agent last adopted, from its own log line."""
-    proc = lab.proc("agent", node)
-    assert proc is not None
-    found = BACKENDS.findall(proc.output())
-    return sorted(found[-1].split(",")) if found else None
-
-
-def all_backends(lab: Lab) -> list[str]:
-    return sorted(f"{lab.address_of(n)}:{lab.state.api_port}" for n in lab.names())
-
-
-def wait_agents_follow(lab: Lab, expected: list[str], nodes: list[str] | None = None) -> None:
-    for node in nodes or lab.names():
-        wait_for(lambda n=node: agent_backends(lab, n) == expected,  # type: ignore[misc]
-                 LEASE_EXPIRY, f"{node}'s agent to use {expected}")
-
-
-def healthy(lab: Lab) -> None:
-    """All three nodes up, the API listing all three, every agent using them, one holder."""
-    for node in lab.names():
-        for role in ("etcd", "apiserver", "agent"):
-            proc = lab.proc(role, node)
-            assert proc is not None and proc.alive(), f"{node}'s {role} is not running"
-    wait_for(lambda: lab.published() == sorted(lab.address_of(n) for n in lab.names()),
-             LEASE_EXPIRY, "the API to list all three apiservers")
-    wait_agents_follow(lab, all_backends(lab))
-    lab.wait_serving(30)
-
-
-class Watch:
-    """`kubectl get configmaps --watch` through the VIP, restarted whenever it ends (as any
-    watching client does); every line it prints is kept with its time."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.lines: list[tuple[float, str]] = []
-        self.runs = 0
-        self._stop = threading.Event()
-        self._proc: subprocess.Popen[str] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        self._thread.join(15)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 600
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.runs += 1
-            self._proc = subprocess.Popen(
-                self.lab.kubectl_argv("get", "configmaps", "--watch", "--output-watch-events",
-                                      "-o", "name", "--request-timeout=0"),
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            assert self._proc.stdout is not None
-            for line in self._proc.stdout:
-                self.lines.append((time.monotonic(), line.strip()))
-            self._proc.wait()
-            self._stop.wait(0.2)
-
-    def seen(self, name: str) -> float | None:
-        return next((t for t, line in self.lines if line.endswith(f"/{name}")), None)
-
-
-def make_configmap(lab: Lab, name: str) -> bool:
-    """kubectl create through the VIP; True once it exists (a retry may find it made)."""
-    done = lab.kubectl("create", "configmap", name, "--from-literal=k=v", check=False)
-    return done.returncode == 0 or "AlreadyExists" in done.stderr
 
 
 def test_kubectl_through_the_vip_reaches_every_apiserver(kube_lab: Lab) -> None:

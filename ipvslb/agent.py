@@ -240,7 +240,8 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
     iptables.remove(netns=netns)
     names = [kf.CONF, kf.HEALTH_FILE] + [
         n for i in range(len(config.vrrp_instances))
-        for n in (kf.vs_file(i), kf.vs_active_file(i), vs_switch.state_file(run_dir, i).name)]
+        for n in (kf.vs_file(i), kf.vs_active_file(i), kf.vs_standby_file(i),
+                  vs_switch.state_file(run_dir, i).name)]
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()

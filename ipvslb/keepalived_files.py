@@ -10,6 +10,14 @@ Files, all in the run directory:
   MASTER of instance <i> and at /dev/null otherwise, so only the master programs IPVS (with DR
   on every node, a backup that also balanced would bounce packets between directors). Managed
   by ``ipvslb.vs_switch``, not rendered here.
+- ``vs-standby-<i>.conf`` (only with ``node.lvsSyncDaemon``): what a backup points at instead of
+  /dev/null: the same virtual servers with this node's own apiserver as their only real server.
+  The kernel runs IPVS only in a namespace that has a service, so without one a backup's copy
+  of the master's connections (the sync daemon's) does nothing until keepalived has added the
+  service after the takeover, and a client's packet arriving in between is answered by the
+  node's own TCP stack with a reset. With the standby service the synced connections are
+  forwarded the moment the VIP arrives; packets the master sends this node as a real server are
+  scheduled to the only real server there is, itself (local delivery): nothing bounces.
 - ``apiserver-health``: the track file the agent writes (0 healthy, 1 not); keepalived moves an
   instance to FAULT, giving up the VIP, while it holds 1.
 """
@@ -44,6 +52,10 @@ def vs_active_file(index: int) -> str:
     return f"vs-active-{index}.conf"
 
 
+def vs_standby_file(index: int) -> str:
+    return f"vs-standby-{index}.conf"
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What is true of this node: resolved interface per instance, VRRP priority, own command."""
@@ -51,6 +63,7 @@ class NodeFacts:
     interfaces: tuple[str, ...]
     priority: int
     ipvslb_command: str
+    own_addresses: frozenset[str] = frozenset()  # this node's addresses (VIPs excluded)
 
 
 def ipvslb_command() -> str:
@@ -96,7 +109,15 @@ def resolve_facts(config: Config, priority: int | None = None,
     chosen = priority or config.node.priority
     if chosen is None:
         chosen = derive_priority(_own_address(config.vrrp_instances[0], names[0], netns))
-    return NodeFacts(tuple(names), chosen, ipvslb_command())
+    return NodeFacts(tuple(names), chosen, ipvslb_command(), _own_addresses(config, netns))
+
+
+def _own_addresses(config: Config, netns: str | None) -> frozenset[str]:
+    from ipvslb import netinfo
+
+    vips = {v.ip for v in config.all_vips}
+    return frozenset(str(a.ip) for link in netinfo.links(netns) for a in link.addresses
+                     if a.ip not in vips and not a.ip.is_link_local)
 
 
 def _own_address(inst: VrrpInstance, interface: str, netns: str | None
@@ -141,6 +162,14 @@ def render_files(config: Config, mode: Mode, facts: NodeFacts,
             blocks = [] if not backends else [
                 _virtual_server(config, vs, backends) for vs in servers]
             files[vs_file(inst.index)] = kc.render(kc.Config(tuple(blocks)), header=HEADER)
+            if config.node.lvs_sync_daemon:
+                # (keepalived ignores a virtual server without real servers: a node that is
+                # no backend itself gets an empty standby file)
+                own = [b for b in backends if b.address in facts.own_addresses]
+                standby = [] if not own else [_virtual_server(config, vs, own)
+                                              for vs in servers]
+                files[vs_standby_file(inst.index)] = kc.render(kc.Config(tuple(standby)),
+                                                               header=HEADER)
     files[CONF] = kc.render(kc.Config(tuple(items)), header=HEADER)
     return dict(sorted(files.items()))
 

@@ -1,4 +1,5 @@
-"""Only the VRRP master of an instance carries that instance's virtual servers.
+"""Only the VRRP master of an instance carries that instance's virtual servers (with
+``node.lvsSyncDaemon``, backups carry standby ones: see ``ipvslb.keepalived_files``).
 
 With DR and IPVS on every controller, a packet forwarded to a backup (still addressed to
 VIP:port, which every node holds on dummyvip0) would be balanced again and could bounce
@@ -16,7 +17,7 @@ import os
 import signal
 from pathlib import Path
 
-from ipvslb.keepalived_files import vs_active_file, vs_file
+from ipvslb.keepalived_files import vs_active_file, vs_file, vs_standby_file
 
 DEVNULL = "/dev/null"
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
@@ -61,12 +62,17 @@ def this_process_sequence() -> tuple[int, int]:
 
 
 def point(run_dir: Path, index: int, master: bool) -> bool:
-    """Point instance ``index``'s include at its virtual servers (master) or at /dev/null.
+    """Point instance ``index``'s include at its virtual servers (master), or at its standby
+    virtual servers where they are rendered (``node.lvsSyncDaemon``), else at /dev/null.
 
     Returns True when the link changed. The link is replaced atomically.
     """
     link = run_dir / vs_active_file(index)
-    target = str(run_dir / vs_file(index)) if master else DEVNULL
+    standby = run_dir / vs_standby_file(index)
+    if master:
+        target = str(run_dir / vs_file(index))
+    else:
+        target = str(standby) if standby.exists() else DEVNULL
     with contextlib.suppress(OSError):
         if os.readlink(link) == target:
             return False

@@ -235,3 +235,35 @@ def test_notify_switches_only_the_masters_virtual_servers(tmp_path: Path) -> Non
     assert read_state(tmp_path, 1) == "MASTER"
     assert not (tmp_path / "vs-active-1.conf").exists()
     assert on_state(tmp_path, "someone-else", "MASTER") is False
+
+
+def test_with_the_sync_daemon_backups_carry_a_standby_service_of_their_own_apiserver(
+        tmp_path: Path) -> None:
+    doc = document(str(tmp_path), [{"virtualIPs": ["10.77.0.100/24"], "interface": "eth1"}],
+                   [{"ipAddress": "10.77.0.100"}], lvsSyncDaemon=True)
+    config = config_from_document(doc)
+    mode, _ = decide(config)
+    facts = NodeFacts(("eth1",), 150, "/usr/local/bin/ipvslb",
+                      frozenset({"10.77.0.12", "192.168.1.5"}))
+    files = render_files(config, mode, facts, BACKENDS)
+    standby = files["vs-standby-0.conf"]
+    assert "virtual_server 10.77.0.100 6443" in standby
+    assert "real_server 10.77.0.12 6443" in standby
+    assert "10.77.0.11" not in standby and "10.77.0.13" not in standby
+    full = files[vs_file(0)]
+    assert all(f"real_server 10.77.0.{n} 6443" in full for n in (11, 12, 13))
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    # a backup points at the standby service, the master at the full one
+    point(tmp_path, 0, master=False)
+    assert os.readlink(tmp_path / "vs-active-0.conf") == str(tmp_path / "vs-standby-0.conf")
+    point(tmp_path, 0, master=True)
+    assert os.readlink(tmp_path / "vs-active-0.conf") == str(tmp_path / vs_file(0))
+    # the real keepalived accepts the standby include
+    point(tmp_path, 0, master=False)
+    code, output = keepalived_config_test(files[CONF], ["eth1"])
+    assert code == 0 and output.strip() == "", output
+    # without the sync daemon nothing changes: no standby file, backups point at /dev/null
+    del doc["node"]["lvsSyncDaemon"]
+    plain = render_files(config_from_document(doc), mode, facts, BACKENDS)
+    assert "vs-standby-0.conf" not in plain

@@ -1,7 +1,7 @@
 """Client-observed unavailability of a real Kubernetes control plane behind the VIP.
 
   .venv/bin/python bench/controlplane/run.py [--mode userspace|virtual-servers]
-      [--apiserver kube|standin] [--runs N] [--kinds power-off,apiserver,stop] [--short]
+      [--apiserver kube|standin] [--runs N] [--kinds power-off,apiserver,stop] [--short: 1 run each]
   tests/vm/run .venv/bin/python bench/controlplane/run.py --mode virtual-servers ...
 
 The one-machine lab (``ipvslb.lab.nslab``): three controllers, each with an etcd member, a
@@ -276,7 +276,7 @@ def main() -> int:
                         default=LabMode.USERSPACE.value)
     parser.add_argument("--apiserver", choices=["kube", "standin"], default="kube")
     parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument("--short", action="store_true", help="2 runs per kind")
+    parser.add_argument("--short", action="store_true", help="1 run per kind (CI)")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--output", type=Path, default=None,
@@ -294,7 +294,7 @@ def main() -> int:
         if unknown:
             print(f"unknown {sorted(unknown)}; use some of {', '.join(known)}", file=sys.stderr)
             return 2
-    runs = args.runs or (2 if args.short else 10)
+    runs = args.runs or (1 if args.short else 10)
     if args.output is None:
         name = f"controlplane-{mode.value}"
         name += "" if args.apiserver == "kube" else f"-{args.apiserver}"

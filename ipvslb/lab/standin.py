@@ -1,6 +1,7 @@
 """An apiserver stand-in for labs and tests: HTTPS on :6443 with its own certificate.
 
-``GET /readyz`` and ``/healthz`` answer ``ok``; any other path answers the stand-in's name, so
+``GET /readyz`` and ``/healthz`` answer ``ok``; ``GET /watch`` streams the name every 0.5 s for
+30 s (a watch-like long response); any other path answers the stand-in's name, so
 a client can tell which backend it reached (as can the certificate's fingerprint, exactly as
 with real apiservers). Prints ``ready`` once listening. Dual-stack on ``::`` by default.
 
@@ -13,6 +14,7 @@ import argparse
 import socket
 import ssl
 import subprocess
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -51,12 +53,30 @@ def serve(name: str, port: int, cert_dir: Path, address: str = "::") -> None:
         timeout = 120
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.startswith("/watch"):
+                self._watch()
+                return
             body = b"ok" if self.path in ("/readyz", "/healthz", "/livez") else body_name
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _watch(self) -> None:
+            """A watch-like stream: the name every 0.5 s for 30 s, then the end (close)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for _ in range(60):
+                    self.wfile.write(body_name)
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:  # the client went away (or its path was cut): the watch ends
+                pass
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             return

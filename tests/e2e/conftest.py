@@ -55,6 +55,31 @@ def running_lab(tmp_path: Path, mode: LabMode, role: Role, prefix: str,
         lab.down()
 
 
+@contextlib.contextmanager
+def real_control_plane(state_dir: Path, mode: LabMode, role: Role, prefix: str
+                       ) -> Iterator[Lab]:
+    """Three controllers with a real control plane (etcd, kube-apiserver, `ipvslb up` with
+    ``endpoints: kubernetes``) in ``mode``/``role`` and a kubectl client; always torn down.
+    Skips with the reason when it cannot run here, fails instead under
+    IPVSLB_REQUIRE_APISERVER=1 (CI: the tier must run)."""
+    from ipvslb.lab import controlplane
+
+    why = lab_requirements() or controlplane.missing()
+    if why:
+        if os.environ.get("IPVSLB_REQUIRE_APISERVER") == "1":
+            pytest.fail(f"real control-plane lab required but {why}")
+        pytest.skip(f"real control-plane lab: {why}")
+    topology = Topology.load().select(controllers=3, workers=0).with_mode(mode).with_role(role)
+    lab = Lab.plan(topology, state_dir=state_dir, prefix=f"{prefix}{os.getpid()}",
+                   apiserver="kube")
+    try:
+        print(f"real control plane up in {lab.up(timeout=120):.0f}s")
+        yield lab
+    finally:
+        print_logs(lab)
+        lab.down()
+
+
 @pytest.fixture
 def userspace_lab(tmp_path: Path) -> Iterator[Lab]:
     """Three controller+worker nodes (userspace mode) and a client, up and serving."""

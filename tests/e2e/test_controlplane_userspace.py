@@ -13,7 +13,6 @@ leaves it with all three nodes up and serving.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from ipvslb.config import Role
-from ipvslb.lab import controlplane
 from ipvslb.lab.kubewatch import (
     LEASE_EXPIRY,
     Watch,
@@ -34,8 +32,8 @@ from ipvslb.lab.kubewatch import (
 )
 from ipvslb.lab.kubewatch import wait_healthy as healthy
 from ipvslb.lab.nslab import Lab, time_scale, wait_for
-from ipvslb.lab.topology import LabMode, Topology
-from tests.e2e.conftest import lab_requirements, print_logs
+from ipvslb.lab.topology import LabMode
+from tests.e2e.conftest import real_control_plane
 
 # Client-visible unavailability allowed around one failure: VRRP failover (~0.2 s), a
 # client's first connection through a dead path (connect timeout) and TLS on a busy machine.
@@ -44,21 +42,9 @@ FAILOVER_WINDOW = 5.0
 
 @pytest.fixture(scope="module")
 def kube_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    why = lab_requirements() or controlplane.missing()
-    if why:
-        if os.environ.get("IPVSLB_REQUIRE_APISERVER") == "1":
-            pytest.fail(f"real control-plane lab required but {why}")
-        pytest.skip(f"real control-plane lab: {why}")
-    topology = (Topology.load().select(controllers=3, workers=0)
-                .with_mode(LabMode.USERSPACE).with_role(Role.CONTROLLER_WORKER))
-    lab = Lab.plan(topology, state_dir=tmp_path_factory.mktemp("kube") / "lab",
-                   prefix=f"ipvslbcp{os.getpid()}", apiserver="kube")
-    try:
-        lab.up(timeout=120)
+    with real_control_plane(tmp_path_factory.mktemp("kube") / "lab", LabMode.USERSPACE,
+                            Role.CONTROLLER_WORKER, "ipvslbcp") as lab:
         yield lab
-    finally:
-        print_logs(lab)
-        lab.down()
 
 
 def test_kubectl_through_the_vip_reaches_every_apiserver(kube_lab: Lab) -> None:

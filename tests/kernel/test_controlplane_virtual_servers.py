@@ -19,7 +19,6 @@ an upper bound for a real node.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -27,11 +26,10 @@ from collections.abc import Iterator
 import pytest
 
 from ipvslb.config import Role
-from ipvslb.lab import controlplane
 from ipvslb.lab.kubewatch import Watch, make_configmap
 from ipvslb.lab.nslab import Lab, time_scale, wait_for
-from ipvslb.lab.topology import LabMode, Topology
-from tests.e2e.conftest import lab_requirements, print_logs
+from ipvslb.lab.topology import LabMode
+from tests.e2e.conftest import real_control_plane
 
 pytestmark = pytest.mark.kernel
 
@@ -45,23 +43,9 @@ FAILOVER_WINDOW = 5.0
 
 @pytest.fixture(scope="module")
 def kube_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    why = lab_requirements() or controlplane.missing()
-    if why:
-        if os.environ.get("IPVSLB_REQUIRE_APISERVER") == "1":
-            pytest.fail(f"real control-plane lab required but {why}")
-        pytest.skip(f"real control-plane lab: {why}")
-    topology = (Topology.load().select(controllers=3, workers=0)
-                .with_mode(LabMode.VIRTUAL_SERVERS).with_role(Role.CONTROLLER))
-    lab = Lab.plan(topology, state_dir=tmp_path_factory.mktemp("kubevs") / "lab",
-                   prefix=f"ipvslbkv{os.getpid()}", apiserver="kube")
-    began = time.monotonic()
-    try:
-        lab.up(timeout=120)
-        print(f"real control plane up in the guest in {time.monotonic() - began:.0f}s")
+    with real_control_plane(tmp_path_factory.mktemp("kubevs") / "lab", LabMode.VIRTUAL_SERVERS,
+                            Role.CONTROLLER, "ipvslbkv") as lab:
         yield lab
-    finally:
-        print_logs(lab)
-        lab.down()
 
 
 def service(lab: Lab) -> str:

@@ -13,7 +13,7 @@ import re
 import signal
 import time
 
-from ipvslb.lab.nslab import Failover, Lab, time_scale, wait_for
+from ipvslb.lab.nslab import Failover, Lab, sh, time_scale, wait_for
 from ipvslb.lab.vipwatch import VipWatch
 
 # A client must be answered through the VIP within this long after the VIP moved. A stale
@@ -213,3 +213,20 @@ def test_no_client_stall_over_repeated_failovers(userspace_lab: Lab) -> None:
               or r.served - r.vip_moved > STALL_BOUND * time_scale()
               or r.failed_after_served]
     assert stalls == [], stalls
+
+
+def test_a_vip_removed_by_someone_else_is_back_on_one_node_at_once(userspace_lab: Lab) -> None:
+    # What a NetworkManager/netplan re-apply or a careless `ip addr del` does to the master
+    # (issue 15). keepalived 2.2.7 sees the deletion through its netlink reflector, leaves
+    # MASTER with priority 0 and the VIP is claimed again at once (by this node or a peer);
+    # this pins that behaviour down, since ipvslb relies on it rather than repairing the VIP.
+    lab = userspace_lab
+    holder = lab.wait_settled()
+    removed_at = time.monotonic()
+    sh("ip", "-n", lab.controller(holder).netns, "addr", "del", lab.state.vip, "dev", "eth0")
+    wait_for(lambda: len(lab.holders()) == 1, 10, "the VIP back on one node")
+    print(f"VIP removed by hand from {holder}: on {lab.holders()} after "
+          f"{time.monotonic() - removed_at:.3f} s")
+    lab.wait_settled()
+    lab.wait_serving()
+    assert len(lab.holders()) == 1

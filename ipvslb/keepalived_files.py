@@ -159,8 +159,10 @@ def render_files(config: Config, mode: Mode, facts: NodeFacts,
             if not servers:
                 continue
             items.append(kc.Include(os.path.join(run, vs_active_file(inst.index))))
-            blocks = [] if not backends else [
-                _virtual_server(config, vs, backends) for vs in servers]
+            # A virtual server without a backend of its address family is left out until it
+            # has one (keepalived refuses a virtual_server without real servers).
+            blocks = [_virtual_server(config, vs, backends) for vs in servers
+                      if any(b.ip.version == vs.ip_address.version for b in backends)]
             files[vs_file(inst.index)] = kc.render(kc.Config(tuple(blocks)), header=HEADER)
             if config.node.lvs_sync_daemon:
                 # (keepalived ignores a virtual server without real servers: a node that is

@@ -605,12 +605,22 @@ def run_dir_problem(path: str) -> str | None:
 
 def check_backends(problems: Problems, where: str,
                    static: tuple[tuple[c.IPAddress, int], ...], vips: set[c.IPAddress],
-                   servers: tuple[c.VirtualServer, ...], proxy_port: int) -> None:
-    """Backends that loop back into the load balancer, or that no virtual server can use."""
+                   servers: tuple[c.VirtualServer, ...], proxy_port: int,
+                   api_port: int) -> None:
+    """Backends that loop back into the load balancer, or that no virtual server can use.
+
+    ``servers`` are the virtual servers in use (virtual-servers mode), on port ``api_port``.
+    """
     for ip, port in static:
         why = loop_backend(ip, port, vips, proxy_port)
         if why:
             problems.add(where, f"{ip}:{port} {why}")
+    kept = [vs for vs in servers if vs.lb_kind != "NAT"]
+    for ip, port in static:
+        if kept and port != api_port:
+            problems.add(where, f"{ip}:{port} has another port than the virtual servers' "
+                         f"{api_port}; {kept[0].lb_kind} forwarding keeps the port: use port "
+                         f"{api_port} or lbKind NAT")
     families = {ip.version for ip, _ in static}
     for vs in servers:
         family = vs.ip_address.version

@@ -283,6 +283,7 @@ def test_node_and_endpoint_rules(section: str, fields: dict[str, Any], expected:
 def test_static_endpoints_parse_ports_and_ipv6() -> None:
     doc = base()
     doc["node"] = {"apiServerPort": 7443}
+    del doc["controlPlaneLoadBalancing"]["keepalived"]["virtualServers"]  # userspace: any port
     doc["endpoints"] = {"source": "static",
                         "static": ["10.0.0.1", "10.0.0.2:6443", "[fd00::3]:9443", "fd00::4"]}
     cfg = config_from_document(doc)

@@ -91,9 +91,10 @@ class Section:
         self.data = data
         for key in data:
             if key not in known:
-                hint = close_match(str(key), known)
+                name = key[:80] if isinstance(key, str) and clean_text(key) else shown(key)
+                hint = close_match(name, known)
                 fix = f"did you mean {hint!r}?" if hint else f"known fields: {', '.join(known)}"
-                problems.add(str(key), f"unknown field; {fix}")
+                problems.add(name, f"unknown field; {fix}")
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -405,6 +406,9 @@ def _parse_vip(problems: Problems, value: Any) -> c.IPInterface | None:
     example = "e.g. 192.168.1.100/24 (the VIP with its subnet's prefix length)"
     if not isinstance(value, str) or not value.strip():
         problems.add("", f"is empty; give the VIP as address/prefix, {example}")
+        return None
+    if "%" in value:
+        problems.add("", f"{shown(value)} has a zone id (%...); give the VIP without it")
         return None
     if "/" not in value:
         problems.add("", f"{shown(value)} has no prefix length; write it as address/prefix, "

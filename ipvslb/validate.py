@@ -615,10 +615,10 @@ def check_backends(problems: Problems, where: str,
 
     ``servers`` are the virtual servers in use (virtual-servers mode), on port ``api_port``.
     """
-    for ip, port in static:
+    for i, (ip, port) in enumerate(static):
         why = loop_backend(ip, port, vips, proxy_port)
         if why:
-            problems.add(where, f"{ip}:{port} {why}")
+            problems.add(f"{where}[{i}]", f"{ip}:{port} {why}")
     kept = [vs for vs in servers if vs.lb_kind != "NAT"]
     for ip, port in static:
         if kept and port != api_port:

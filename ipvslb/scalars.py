@@ -8,7 +8,6 @@ printed or written. Everything here is total: it returns a value or None, never 
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -44,17 +43,6 @@ def parse_uint(text: str, lo: int, hi: int) -> int | None:
         return None
     value = int(text)
     return value if lo <= value <= hi else None
-
-
-def whole_number(value: Any) -> int | None:
-    """A YAML integer (not a boolean, not a float), else None."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)
 
 
 def clean_text(value: str) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from ipvslb import keepalived_files as kf
 from ipvslb import logfmt, vip, vs_switch
 from ipvslb.config import Config, EndpointSourceKind
 from ipvslb.endpoints.source import Backend, EndpointSource, StaticSource
-from ipvslb.files import write_atomic
+from ipvslb.errors import UserError
+from ipvslb.files import claim_run_dir, executable_problem, remove_run_files, write_atomic
 from ipvslb.keepalived_proc import Keepalived, stop_leftover
 from ipvslb.mode import Mode, decide
 from ipvslb.validate import loop_backend
@@ -48,6 +48,7 @@ class Agent:
         self.netns = netns
         self.run_dir = Path(config.node.run_dir)
         self.facts = kf.resolve_facts(config, priority, netns)
+        self._preflight()
         self.backends: list[Backend] = []
         self._refused_seen: set[Backend] = set()
         self.keepalived: Keepalived | None = None
@@ -56,6 +57,22 @@ class Agent:
         self.health: Any = None
         self.backend_health: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.failure: BaseException | None = None
+        self._stop_event = asyncio.Event()
+
+    def _preflight(self) -> None:
+        """Every check that can fail on this node's facts, before anything is changed."""
+        why = executable_problem(self.config.node.keepalived_path)
+        if why:
+            raise UserError(f"node.keepalivedPath {self.config.node.keepalived_path} {why}; "
+                            "install Debian's keepalived package or set node.keepalivedPath to "
+                            "the keepalived program")
+        try:
+            kf.render_files(self.config, self.mode, self.facts, [])
+        except ValueError as err:
+            raise UserError(f"keepalived cannot be given this configuration on this node: "
+                            f"{err}") from None
+        vip.check_not_node_address(self.config, self.facts.interfaces, self.run_dir, self.netns)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -65,6 +82,7 @@ class Agent:
             "priority": self.facts.priority, "interfaces": ",".join(self.facts.interfaces)})
         for warning in self.config.warnings:
             log.warning(warning)
+        self._stop_event = stop
         try:
             await self._start()
             log.info("running", extra={"run_dir": str(self.run_dir)})
@@ -72,10 +90,16 @@ class Agent:
             log.info("stopping")
         finally:
             await self._stop()
+        if self.failure is not None:
+            raise self.failure
+
+    def _give_up(self, error: BaseException) -> None:
+        """keepalived can never run: stop the agent and exit non-zero with the reason."""
+        self.failure = error
+        self._stop_event.set()
 
     async def _start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
+        claim_run_dir(self.run_dir)
         # pyroute2's sockets run their own event loop: netlink work goes to a worker thread.
         if await asyncio.to_thread(stop_leftover, self.run_dir):
             log.info("replaced the keepalived of a previous agent")
@@ -84,7 +108,7 @@ class Agent:
         self._write_files()
         self.keepalived = Keepalived(
             self.config.node.keepalived_path, self.run_dir, self.run_dir / kf.CONF,
-            on_exit=self._keepalived_died, netns=self.netns)
+            on_exit=self._keepalived_died, netns=self.netns, on_give_up=self._give_up)
         await self.keepalived.start()
         await self._start_health()
         self.source = make_source(self.config)
@@ -242,11 +266,7 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
         n for i in range(len(config.vrrp_instances))
         for n in (kf.vs_file(i), kf.vs_active_file(i), kf.vs_standby_file(i),
                   vs_switch.state_file(run_dir, i).name)]
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            (run_dir / name).unlink()
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()
+    remove_run_files(run_dir, names)  # only in a run directory ipvslb owns
 
 
 def remove_vip_services(config: Config, netns: str | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import IO
 
 import click
 
-from ipvslb import logfmt
+from ipvslb import files, logfmt
 from ipvslb.cmd_config import config_option, load_and_warn, role_option
 from ipvslb.errors import UserError
 
@@ -26,8 +26,7 @@ priority_option = click.option(
 
 def lock_run_dir(run_dir: Path) -> IO[str]:
     """Hold ``run_dir/agent.lock`` for the agent's lifetime; one agent per run directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(run_dir, 0o700)
+    files.claim_run_dir(run_dir)
     handle = open(run_dir / "agent.lock", "a+")  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,16 +43,21 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
 
 
 @contextlib.contextmanager
-def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock; on exit release it and remove the directory if empty."""
+def run_dir_lock(run_dir: Path, create: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock; on exit release it and remove the directory if empty.
+
+    With ``create`` False a missing run directory is left missing (no agent can hold it).
+    """
+    if not create and not run_dir.exists():
+        yield
+        return
     lock = lock_run_dir(run_dir)
     try:
         yield
     finally:
         lock.close()
         (run_dir / "agent.lock").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()
+        files.release_run_dir(run_dir)
 
 
 @click.command()
@@ -73,8 +77,8 @@ def up(config_path: str, role: str | None, priority: int | None, log_level: str)
     logfmt.setup(log_level)
     config = load_and_warn(config_path, role)
     run_dir = Path(config.node.run_dir)
+    agent = Agent(config, priority)  # every check of config and node, before any change
     with run_dir_lock(run_dir):
-        agent = Agent(config, priority)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -106,6 +110,6 @@ def down(config_path: str, role: str | None) -> None:
     logfmt.setup("info")
     config = load_and_warn(config_path, role)
     run_dir = Path(config.node.run_dir)
-    with run_dir_lock(run_dir):
+    with run_dir_lock(run_dir, create=False):
         cleanup(config, resolve_facts(config).interfaces)
     click.echo("down: removed what ipvslb had added")

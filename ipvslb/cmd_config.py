@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ipvslb import config_file
 from ipvslb.config import Config
 from ipvslb.endpoints.source import Backend
-from ipvslb.errors import ConfigError
-from ipvslb.files import write_atomic
-from ipvslb.mode import decide
+from ipvslb.errors import ConfigError, UserError
+from ipvslb.files import write_all_atomic
+from ipvslb.mode import Mode, decide
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
@@ -45,17 +43,22 @@ def summary(config: Config) -> str:
 def validate(config_path: str, role: str | None) -> None:
     """Check a configuration file; print a one-line summary (exit 0) or every problem (exit 2)."""
     config = load_and_warn(config_path, role)
-    click.echo(f"ok: {config_path}: {summary(config)}")
+    click.echo(f"ok: {click.format_filename(config_path)}: {summary(config)}")
 
 
-def parse_endpoints(text: str, port: int) -> list[Backend]:
+def parse_endpoints(text: str, config: Config) -> list[Backend]:
     """``IP,IP:port,[IPv6]:port`` -> backends (a bad entry is a one-line UserError)."""
-    from ipvslb.validate import Problems, _endpoints
+    from ipvslb.validate import Problems, _endpoints, check_backends
 
     problems = Problems()
     with problems.at("--endpoints"):
         settings = _endpoints(problems, {"source": "static",
-                                         "static": [p for p in text.split(",") if p]}, port)
+                                         "static": [p for p in text.split(",") if p]},
+                              config.node.api_server_port)
+    with_vs = decide(config)[0] is Mode.VIRTUAL_SERVERS
+    check_backends(problems, "--endpoints", settings.static, {v.ip for v in config.all_vips},
+                   config.virtual_servers if with_vs else (), config.user_space_proxy_bind_port,
+                   config.node.api_server_port)
     if problems.items:
         raise ConfigError(problems.items)
     return [Backend(str(ip), p) for ip, p in settings.static]
@@ -81,16 +84,20 @@ def render(config_path: str, role: str | None, endpoints: str | None, output_dir
     from ipvslb.keepalived_files import render_files, resolve_facts
 
     config = load_and_warn(config_path, role)
-    port = config.node.api_server_port
     if endpoints is not None:
-        backends = parse_endpoints(endpoints, port)
+        backends = parse_endpoints(endpoints, config)
     else:
         backends = [Backend(str(ip), p) for ip, p in config.endpoints.static]
     mode, why = decide(config)
     files = render_files(config, mode, resolve_facts(config, priority), backends)
     if output_dir:
-        for name, text in files.items():
-            write_atomic(Path(output_dir) / name, text, 0o600)
+        try:
+            write_all_atomic(output_dir, files, 0o600)
+        except OSError as err:
+            where = err.filename or output_dir
+            raise UserError(f"--output-dir {output_dir}: cannot write {where} "
+                            f"({err.strerror or err}); nothing was written: pick a writable "
+                            "directory") from None
         click.echo(f"wrote {', '.join(files)} to {output_dir} (mode {mode.value}: {why})")
         return
     for name, text in files.items():

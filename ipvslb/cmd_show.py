@@ -8,13 +8,14 @@ import sys
 import click
 
 from ipvslb.errors import SystemStateError, UserError
+from ipvslb.scalars import parse_uint, shown
 
 
 def parse_service_address(option: str, text: str, protocol: int) -> tuple[int, str, int]:
     """ipvsadm's ``ADDR[:PORT]`` / ``[ADDR6]:PORT`` / ``ADDR6`` -> (family, address, port)."""
     from ipvslb.ipvs.model import AF_INET, AF_INET6
 
-    bad = UserError(f"{option} {text!r}: expected ADDRESS:PORT, [IPv6]:PORT or an address, "
+    bad = UserError(f"{option} {shown(text)}: expected ADDRESS:PORT, [IPv6]:PORT or an address, "
                     "e.g. 10.0.0.1:6443 or [fd00::1]:6443")
     port_text: str | None
     if text.startswith("["):
@@ -40,8 +41,9 @@ def parse_service_address(option: str, text: str, protocol: int) -> tuple[int, s
         raise bad
     port = 0
     if port_text is not None:
-        if port_text.isdigit() and int(port_text) <= 65535:
-            port = int(port_text)
+        number = parse_uint(port_text, 0, 65535)
+        if number is not None:
+            port = number
         else:
             try:
                 proto = {6: "tcp", 17: "udp", 132: "sctp"}[protocol]
@@ -147,9 +149,10 @@ def render(*, netns: str | None = None, save: bool = False, stats: bool = False,
         name, value, proto = selectors[0]
         assert value is not None
         if proto == 0:
-            if not value.isdigit() or not 0 < int(value) <= 0xFFFFFFFF:
-                raise UserError(f"-f {value!r}: the firewall mark must be 1..4294967295")
-            key = Service(AF_INET6 if ipv6 else AF_INET, 0, "", 0, int(value))
+            mark = parse_uint(value, 1, 0xFFFFFFFF)
+            if mark is None:
+                raise UserError(f"-f {shown(value)}: the firewall mark must be 1..4294967295")
+            key = Service(AF_INET6 if ipv6 else AF_INET, 0, "", 0, mark)
         else:
             family, address, port = parse_service_address(name, value, proto)
             key = Service(family, proto, address, port)

@@ -8,6 +8,7 @@ from typing import Any
 from ipvslb import config as c
 from ipvslb import yamlread
 from ipvslb.errors import ConfigError
+from ipvslb.scalars import shown
 from ipvslb.validate import Problems, Section, build_config
 
 NATIVE_FIELDS = ("apiVersion", "kind", "node", "endpoints", "controlPlaneLoadBalancing")
@@ -32,6 +33,18 @@ def _dig(doc: Any, *keys: str) -> Any:
 
 
 def config_from_document(doc: Any, role_override: str | None = None) -> c.Config:
+    """Validate a parsed document; also make sure keepalived's files render for it."""
+    from ipvslb.keepalived_files import check_renders
+
+    config = _config_from_document(doc, role_override)
+    why = check_renders(config)
+    if why:
+        raise ConfigError([f"keepalived cannot be given this configuration: {why}; change the "
+                           "value it names"])
+    return config
+
+
+def _config_from_document(doc: Any, role_override: str | None = None) -> c.Config:
     if not isinstance(doc, dict):
         raise ConfigError([f"the file must hold a YAML mapping, got {type(doc).__name__}; see "
                            "examples/ for the format"])
@@ -53,7 +66,7 @@ def config_from_document(doc: Any, role_override: str | None = None) -> c.Config
     if api_port is not None and (isinstance(api_port, bool) or not isinstance(api_port, int)
                                  or not 1 <= api_port <= 65535):
         raise ConfigError([f"{'.'.join(prefix)}.api.port: must be a port from 1 to 65535, got "
-                           f"{api_port!r}"])
+                           f"{shown(api_port)}"])
     external = _dig(spec, "api", "externalAddress")
     return build_config(
         fmt, _dig(spec, "network", "controlPlaneLoadBalancing"),

@@ -35,7 +35,7 @@ from pathlib import Path
 import keepalived_conf as kc
 from ipvslb.config import Config, RealServerCheck, VirtualServer, VrrpInstance
 from ipvslb.endpoints.source import Backend
-from ipvslb.mode import Mode
+from ipvslb.mode import Mode, decide
 
 CONF = "keepalived.conf"
 HEALTH_FILE = "apiserver-health"
@@ -159,8 +159,10 @@ def render_files(config: Config, mode: Mode, facts: NodeFacts,
             if not servers:
                 continue
             items.append(kc.Include(os.path.join(run, vs_active_file(inst.index))))
-            blocks = [] if not backends else [
-                _virtual_server(config, vs, backends) for vs in servers]
+            # A virtual server without a backend of its address family is left out until it
+            # has one (keepalived refuses a virtual_server without real servers).
+            blocks = [_virtual_server(config, vs, backends) for vs in servers
+                      if any(usable(config, vs, b) for b in backends)]
             files[vs_file(inst.index)] = kc.render(kc.Config(tuple(blocks)), header=HEADER)
             if config.node.lvs_sync_daemon:
                 # (keepalived ignores a virtual server without real servers: a node that is
@@ -206,11 +208,17 @@ def _instance(inst: VrrpInstance, iface: str, priority: int, notify: str,
     )
 
 
+def usable(config: Config, vs: VirtualServer, backend: Backend) -> bool:
+    """Whether IPVS can forward ``vs`` to ``backend``: same family; DR and TUN keep the port."""
+    return backend.ip.version == vs.ip_address.version and (
+        vs.lb_kind == "NAT" or backend.port == config.node.api_server_port)
+
+
 def _virtual_server(config: Config, vs: VirtualServer, backends: Sequence[Backend]
                     ) -> kc.VirtualServer:
     reals = []
     for backend in sorted(set(backends)):
-        if backend.ip.version != vs.ip_address.version:
+        if not usable(config, vs, backend):
             continue
         checker: kc.Checker
         if config.node.real_server_check is RealServerCheck.HTTPS:
@@ -226,3 +234,20 @@ def _virtual_server(config: Config, vs: VirtualServer, backends: Sequence[Backen
         lb_algo=vs.lb_algo, lb_kind=vs.lb_kind, persistence_timeout=vs.persistence_timeout,
         protocol="TCP", real_servers=tuple(reals),
     )
+
+
+def check_renders(config: Config) -> str | None:
+    """Why keepalived's files cannot be rendered for ``config`` on any node, or None.
+
+    Validation runs this with stand-in node facts (each instance's interface or eth0, a mid
+    priority, the static backends) in both modes, so that nothing `validate` accepts fails to
+    render later in `up`, after the node was changed.
+    """
+    facts = NodeFacts(tuple(i.interface or "eth0" for i in config.vrrp_instances),
+                      config.node.priority or 100, ipvslb_command())
+    backends = [Backend(str(ip), port) for ip, port in config.endpoints.static]
+    try:
+        render_files(config, decide(config)[0], facts, backends)
+    except ValueError as err:
+        return str(err)
+    return None

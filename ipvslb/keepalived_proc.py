@@ -20,7 +20,8 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
 from ipvslb import logfmt
-from ipvslb.errors import SystemStateError
+from ipvslb.errors import SystemStateError, UserError
+from ipvslb.files import executable_problem
 
 log = logfmt.get("keepalived")
 STOP_GRACE = 5.0
@@ -29,6 +30,10 @@ PID_FILES = ("keepalived.pid", "vrrp.pid", "checkers.pid")
 STABLE_RUN = 60.0
 # How long a reload asked for while keepalived starts waits for it to be ready.
 READY_TIMEOUT = 60.0
+# A keepalived that exits this many times in a row, each within QUICK_EXIT seconds of being
+# started, can never run (bad binary, config it refuses): the agent gives up and says why.
+MAX_QUICK_EXITS = 5
+QUICK_EXIT = 5.0
 
 
 class _Exited(Exception):
@@ -121,13 +126,17 @@ class Keepalived:
 
     def __init__(self, binary: str, run_dir: Path, conf: Path,
                  on_exit: Callable[[int], Awaitable[None]] | None = None,
-                 netns: str | None = None, max_backoff: float = 30.0) -> None:
+                 netns: str | None = None, max_backoff: float = 30.0,
+                 on_give_up: Callable[[BaseException], None] | None = None) -> None:
         self.binary = binary
         self.run_dir = run_dir
         self.conf = conf
         self.on_exit = on_exit
         self.netns = netns
         self.max_backoff = max_backoff
+        self.on_give_up = on_give_up
+        self.quick_exits = 0
+        self.last_line = ""
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stopping = False
@@ -136,9 +145,10 @@ class Keepalived:
         self._pending_reload: asyncio.Task[None] | None = None
 
     def command(self) -> list[str]:
-        if not os.access(self.binary, os.X_OK):
-            raise SystemStateError(f"keepalived not found at {self.binary}; install Debian's "
-                                   "keepalived package or set node.keepalivedPath")
+        why = executable_problem(self.binary)
+        if why:
+            raise UserError(f"keepalived at {self.binary} {why}; install Debian's keepalived "
+                            "package or set node.keepalivedPath to the keepalived program")
         cmd = [
             self.binary, "--dont-fork", "--use-file", str(self.conf), "--no-syslog",
             "--log-console", "--log-detail",
@@ -178,6 +188,7 @@ class Keepalived:
         async for raw in self.process.stdout:
             line = raw.decode(errors="replace").rstrip()
             if line:
+                self.last_line = line
                 log.info(line)
         code = await self.process.wait()
         if self._stopping:
@@ -188,7 +199,15 @@ class Keepalived:
         kill_children(self.run_dir)
         if self.on_exit is not None:
             await self.on_exit(code)
-        if loop.time() - began > STABLE_RUN:
+        ran = loop.time() - began
+        self.quick_exits = self.quick_exits + 1 if ran < QUICK_EXIT else 0
+        if self.quick_exits >= MAX_QUICK_EXITS:
+            raise SystemStateError(
+                f"keepalived exited {self.quick_exits} times in a row within {QUICK_EXIT:g}s of "
+                f"starting (last exit code {code}, last output: {self.last_line[:200]!r}); it "
+                "cannot run with this node and config: check node.keepalivedPath, the "
+                "interfaces and `ipvslb render`")
+        if ran > STABLE_RUN:
             raise _StableRunEnded(code)
         raise _Exited(code)
 
@@ -205,6 +224,12 @@ class Keepalived:
                         await self._run_once()
             except _StableRunEnded:
                 continue  # it ran long enough: restart at once, backoff starts over
+            except (SystemStateError, UserError, OSError) as err:
+                if not self._started.is_set() or self.on_give_up is None:
+                    raise
+                log.error(f"giving up on keepalived: {err}")
+                self.on_give_up(err if isinstance(err, UserError) else SystemStateError(
+                    f"keepalived cannot be started: {err}"))
             return
 
     def ready(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import posixpath
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any
 
 from ipvslb import config as c
 from ipvslb.errors import ConfigError
+from ipvslb.scalars import clean_text, parse_uint, printable_ascii, shown
 
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 # What keepalived may read as part of a directive's value: anything that could end the token
@@ -25,6 +27,23 @@ DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m"
 MAX_VRRP_INSTANCES = 255
 MAX_PERSISTENCE = 2678400
 MAX_AUTH_PASS = 8
+MAX_STRING = 4096
+# Characters keepalived's reader would treat specially in auth_pass (see keepalived_conf.tokens).
+AUTH_FORBIDDEN = frozenset("\"'\\{}#!$")
+IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# runDir goes into keepalived.conf (track file, include, notify command) and holds sockets.
+RUN_DIR_RE = re.compile(r"/[A-Za-z0-9_./-]*")
+MAX_RUN_DIR = 100
+# Directories other programs share: ipvslb must never treat them as its own run directory.
+SHARED_DIRS = frozenset({
+    "/", "/tmp", "/var/tmp", "/run", "/var/run", "/run/user", "/run/lock", "/var/lock", "/etc",
+    "/var", "/var/lib", "/usr", "/usr/local", "/home", "/root", "/opt", "/srv", "/mnt",
+    "/media", "/boot", "/bin", "/sbin", "/lib", "/lib64", "/dev", "/dev/shm", "/proc", "/sys",
+    "/var/log", "/var/cache", "/etc/keepalived",
+})
+# Nothing below these is ipvslb's; one level below these is a user's home or runtime dir.
+NOTHING_BELOW = ("/proc/", "/sys/", "/dev/")
+HOMES = ("/home", "/run/user")
 
 
 class Problems:
@@ -72,9 +91,10 @@ class Section:
         self.data = data
         for key in data:
             if key not in known:
-                hint = close_match(str(key), known)
+                name = key[:80] if isinstance(key, str) and clean_text(key) else shown(key)
+                hint = close_match(name, known)
                 fix = f"did you mean {hint!r}?" if hint else f"known fields: {', '.join(known)}"
-                problems.add(str(key), f"unknown field; {fix}")
+                problems.add(name, f"unknown field; {fix}")
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -89,6 +109,10 @@ class Section:
         if not isinstance(value, str):
             self.problems.add(key, f"must be a string, got {type_name(value)}")
             return default
+        if not clean_text(value) or len(value) > MAX_STRING:
+            self.problems.add(key, f"{shown(value)} has control characters, invalid Unicode or "
+                              f"more than {MAX_STRING} characters; write plain text")
+            return default
         return value
 
     def int_(self, key: str, default: int | None, lo: int, hi: int, fix: str = "") -> int | None:
@@ -96,10 +120,11 @@ class Section:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problems.add(key, f"must be a whole number from {lo} to {hi}, got {value!r}")
+            self.problems.add(key, f"must be a whole number from {lo} to {hi}, got "
+                              f"{shown(value)}")
             return default
         if not lo <= value <= hi:
-            self.problems.add(key, f"must be from {lo} to {hi}, got {value}{fix}")
+            self.problems.add(key, f"must be from {lo} to {hi}, got {shown(value)}{fix}")
             return default
         return value
 
@@ -108,7 +133,7 @@ class Section:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.problems.add(key, f"must be true or false, got {value!r}")
+            self.problems.add(key, f"must be true or false, got {shown(value)}")
             return default
         return value
 
@@ -140,12 +165,23 @@ def close_match(word: str, options: tuple[str, ...]) -> str | None:
 
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from a Go-style duration ("1m", "1m30s", "500ms") or a plain number of seconds."""
+    """Seconds from a Go-style duration ("1m", "1m30s", "500ms") or a plain number of seconds.
+
+    None for anything else, including infinities, NaN and numbers too large for a float.
+    """
+    try:
+        seconds = _duration(value)
+    except (OverflowError, ValueError):
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
+
+
+def _duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value)
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or len(value) > 64:
         return None
     text, sign = value.strip(), 1.0
     if text[:1] in "+-":
@@ -168,7 +204,7 @@ def bounded_duration(problems: Problems, key: str, raw: Any, lo: float, hi: floa
     value = parse_duration(raw)
     if value is None or not math.isfinite(value) or not lo <= value <= hi:
         problems.add(key, f"must be a duration from {_seconds(lo)} to {_seconds(hi)} such as "
-                     f"{example}, got {raw!r}")
+                     f"{example}, got {shown(raw)}")
         return None
     return value
 
@@ -189,20 +225,37 @@ def valid_ifname(name: str) -> str | None:
         return "must be at most 15 bytes (the kernel's IFNAMSIZ)"
     if name in (".", ".."):
         return "must not be '.' or '..'"
-    if any(ch in name for ch in "/:") or UNSAFE_CHARS.search(name):
-        return "must not contain '/', ':', whitespace, quotes, braces, '#', '!' or '\\'"
+    if not IFNAME_RE.fullmatch(name):
+        return ("may hold only ASCII letters, digits, '.', '_' and '-' (not first), as "
+                "keepalived reads it")
+    return None
+
+
+def address_problem(ip: c.IPAddress) -> str | None:
+    """Why ``ip`` cannot be used by keepalived, IPVS or the proxy, or None."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return "has a zone id (%...); give the address without it"
+        if ip.ipv4_mapped is not None:
+            return (f"is an IPv4-mapped IPv6 address; write the IPv4 address "
+                    f"{ip.ipv4_mapped} instead")
     return None
 
 
 def parse_ip(problems: Problems, name: str, value: Any, what: str) -> c.IPAddress | None:
     if not isinstance(value, str) or not value.strip():
-        problems.add(name, f"must be {what}, got {value!r}")
+        problems.add(name, f"must be {what}, got {shown(value)}")
         return None
     try:
-        return ipaddress.ip_address(value.strip())
+        ip = ipaddress.ip_address(value.strip())
     except ValueError:
-        problems.add(name, f"{value!r} is not {what}")
+        problems.add(name, f"{shown(value)} is not {what}")
         return None
+    why = address_problem(ip)
+    if why:
+        problems.add(name, f"{shown(value)} {why}")
+        return None
+    return ip
 
 
 def _vrrp_instance(
@@ -284,9 +337,10 @@ def _vrrp_instance(
             problems.add("authPass", "is empty; set a password of 1 to 8 characters")
         elif len(auth.encode()) > MAX_AUTH_PASS:
             problems.add("authPass", "must be at most 8 bytes (keepalived PASS authentication)")
-        elif UNSAFE_CHARS.search(auth):
-            problems.add("authPass", "must not contain whitespace, quotes, braces, '#', '!' or "
-                         "'\\' (keepalived would misread it); choose another password")
+        elif not printable_ascii(auth) or AUTH_FORBIDDEN.intersection(auth):
+            problems.add("authPass", "may hold only printable ASCII without spaces, quotes, "
+                         "braces, '#', '!', '$' or '\\' (keepalived would misread it); choose "
+                         "another password")
     if version == 2 and not auth:
         if not s.has("authPass"):
             problems.add("authPass", "is required with advertIntervalSeconds (VRRPv2); set a "
@@ -316,6 +370,13 @@ def _vrrp_instance(
             if peer == source:
                 problems.add(f"unicastPeers[{i}]", f"{peer} is this node's unicastSourceIP; list "
                              "only the other controllers")
+    vip_ips = {v.ip for v in vips}
+    for name, ip in [("unicastSourceIP", source)] + [
+        (f"unicastPeers[{i}]", p) for i, p in enumerate(peers)
+    ]:
+        if ip is not None and ip in vip_ips:
+            problems.add(name, f"{ip} is also a VIP; a node's own address can never be the VIP "
+                         "(keepalived would delete it on failover)")
     family = vips[0].version if vips and len({v.version for v in vips}) == 1 else None
     for name, ip in [("unicastSourceIP", source)] + [
         (f"unicastPeers[{i}]", p) for i, p in enumerate(peers)
@@ -346,13 +407,21 @@ def _parse_vip(problems: Problems, value: Any) -> c.IPInterface | None:
     if not isinstance(value, str) or not value.strip():
         problems.add("", f"is empty; give the VIP as address/prefix, {example}")
         return None
+    if "%" in value:
+        problems.add("", f"{shown(value)} has a zone id (%...); give the VIP without it")
+        return None
     if "/" not in value:
-        problems.add("", f"{value!r} has no prefix length; write it as address/prefix, {example}")
+        problems.add("", f"{shown(value)} has no prefix length; write it as address/prefix, "
+                     f"{example}")
         return None
     try:
         vip = ipaddress.ip_interface(value.strip())
     except ValueError:
-        problems.add("", f"{value!r} is not an address/prefix; {example}")
+        problems.add("", f"{shown(value)} is not an address/prefix; {example}")
+        return None
+    why = address_problem(vip.ip)
+    if why:
+        problems.add("", f"{shown(value)} {why}")
         return None
     if vip.ip.is_unspecified or vip.ip.is_multicast or vip.ip.is_loopback:
         problems.add("", f"{vip.ip} cannot be a VIP (unspecified, multicast or loopback); "
@@ -390,10 +459,11 @@ def _virtual_server(
             delay = parsed
     algo = s.str_("lbAlgo", "rr") or "rr"
     if algo not in c.LB_ALGOS:
-        problems.add("lbAlgo", f"{algo!r} is not a scheduler; use one of {', '.join(c.LB_ALGOS)}")
+        problems.add("lbAlgo", f"{shown(algo)} is not a scheduler; use one of "
+                     f"{', '.join(c.LB_ALGOS)}")
     kind = s.str_("lbKind", "DR") or "DR"
     if kind not in c.LB_KINDS:
-        problems.add("lbKind", f"{kind!r} is not a forwarding method; use one of "
+        problems.add("lbKind", f"{shown(kind)} is not a forwarding method; use one of "
                      f"{', '.join(c.LB_KINDS)}")
     persistence = s.int_("persistenceTimeoutSeconds", c.DEFAULT_PERSISTENCE, 1, MAX_PERSISTENCE)
     if len(problems.items) != before or ip is None:
@@ -414,20 +484,21 @@ def _node(problems: Problems, raw: Any, api_port: int | None) -> c.NodeSettings:
     except ValueError:
         extra = ("; ipvslb runs on control-plane nodes only" if role_text in ("worker", "single")
                  else "")
-        problems.add("role", f"{role_text!r} is not a node role; use controller or "
+        problems.add("role", f"{shown(role_text)} is not a node role; use controller or "
                      f"controller+worker{extra}")
     port = s.int_("apiServerPort", api_port or d.api_server_port, 1, 65535) or d.api_server_port
-    paths = {}
-    for key, default in (("runDir", d.run_dir), ("keepalivedPath", d.keepalived_path)):
-        value = s.str_(key, default) or default
-        if not value.startswith("/") or UNSAFE_CHARS.search(value):
-            problems.add(key, f"{value!r} must be an absolute path without whitespace, quotes, "
-                         "braces, '#' or '!'")
-        paths[key] = value
+    run_dir = s.str_("runDir", d.run_dir) or d.run_dir
+    why = run_dir_problem(run_dir)
+    if why:
+        problems.add("runDir", f"{shown(run_dir)} {why}")
+    keepalived = s.str_("keepalivedPath", d.keepalived_path) or d.keepalived_path
+    if not keepalived.startswith("/") or UNSAFE_CHARS.search(keepalived):
+        problems.add("keepalivedPath", f"{shown(keepalived)} must be an absolute path without "
+                     "whitespace, quotes, braces, '#' or '!'")
     dummy = s.str_("dummyInterface", d.dummy_interface) or d.dummy_interface
     why = valid_ifname(dummy)
     if why:
-        problems.add("dummyInterface", f"{dummy!r} {why}")
+        problems.add("dummyInterface", f"{shown(dummy)} {why}")
     priority = s.int_("priority", None, 1, 254, "; VRRP priorities are 1-254 (255 is the "
                       "address owner's)")
     kubeconfig = s.str_("kubeconfig")
@@ -441,8 +512,9 @@ def _node(problems: Problems, raw: Any, api_port: int | None) -> c.NodeSettings:
                    if h.has(key) else dflt)
             times[key] = dflt if val is None else val
         health = c.ApiserverHealth(
-            enabled=h.bool_("enabled", hd.enabled), interval=times["interval"],
-            timeout=times["timeout"], rise=h.int_("rise", hd.rise, 1, 100) or hd.rise,
+            enabled=h.bool_("enabled", hd.enabled),
+            interval=times["interval"], timeout=times["timeout"],
+            rise=h.int_("rise", hd.rise, 1, 100) or hd.rise,
             fall=h.int_("fall", hd.fall, 1, 100) or hd.fall,
         )
     check_text = s.str_("realServerCheck", d.real_server_check.value) or "tcp"
@@ -450,10 +522,10 @@ def _node(problems: Problems, raw: Any, api_port: int | None) -> c.NodeSettings:
     try:
         check = c.RealServerCheck(check_text)
     except ValueError:
-        problems.add("realServerCheck", f"{check_text!r} is not a check; use tcp or https")
+        problems.add("realServerCheck", f"{shown(check_text)} is not a check; use tcp or https")
     return c.NodeSettings(
-        role=role, api_server_port=port, run_dir=paths["runDir"],
-        keepalived_path=paths["keepalivedPath"], dummy_interface=dummy, priority=priority,
+        role=role, api_server_port=port, run_dir=run_dir,
+        keepalived_path=keepalived, dummy_interface=dummy, priority=priority,
         kubeconfig=kubeconfig, apiserver_health=health, real_server_check=check,
         lvs_sync_daemon=s.bool_("lvsSyncDaemon", d.lvs_sync_daemon),
     )
@@ -465,22 +537,26 @@ def _endpoints(problems: Problems, raw: Any, api_port: int) -> c.EndpointSetting
     try:
         kind = c.EndpointSourceKind(text)
     except ValueError:
-        problems.add("source", f"{text!r} is not an endpoint source; use kubernetes or static")
+        problems.add("source", f"{shown(text)} is not an endpoint source; use kubernetes or static")
         kind = c.EndpointSourceKind.KUBERNETES
     static: list[tuple[c.IPAddress, int]] = []
-    listed: set[tuple[c.IPAddress, int]] = set()  # a set: 20,000 endpoints took 11 s as a list
+    seen: set[tuple[c.IPAddress, int]] = set()
     for i, value in enumerate(s.list_("static")):
         name = f"static[{i}]"
         address, port = _split_host_port(value, api_port)
         ip = parse_ip(problems, name, address, "an apiserver address (IP or IP:port, "
                       "[IPv6]:port)")
-        if port is None or not 1 <= port <= 65535:
-            problems.add(name, f"{value!r} has a bad port; use IP or IP:port with port 1-65535")
+        if port is None:
+            problems.add(name, f"{shown(value)} has a bad port; use IP or IP:port with port "
+                         "1-65535")
         elif ip is not None:
-            if (ip, port) in listed:
-                problems.add(name, f"{value!r} is listed twice; remove the duplicate")
-            listed.add((ip, port))
-            static.append((ip, port))
+            if ip.is_unspecified or ip.is_multicast:
+                problems.add(name, f"{ip} cannot be an apiserver (unspecified or multicast)")
+            elif (ip, port) in seen:
+                problems.add(name, f"{shown(value)} is listed twice; remove the duplicate")
+            else:
+                seen.add((ip, port))
+                static.append((ip, port))
     if kind is c.EndpointSourceKind.STATIC and not static and not s.has("static"):
         problems.add("static", "is required with source: static; list the apiserver addresses")
     if kind is c.EndpointSourceKind.KUBERNETES and static:
@@ -515,7 +591,47 @@ def _split_host_port(value: Any, default_port: int) -> tuple[Any, int | None]:
         return text, default_port
     if not port_text:
         return host, default_port
-    return host, int(port_text) if port_text.isdigit() else None
+    return host, parse_uint(port_text, 1, 65535)
+
+
+def run_dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot be ipvslb's run directory, or None."""
+    if len(path) > MAX_RUN_DIR or not RUN_DIR_RE.fullmatch(path):
+        return (f"must be an absolute path of at most {MAX_RUN_DIR} characters of ASCII "
+                "letters, digits, '.', '_', '-' and '/' (keepalived reads it); e.g. /run/ipvslb")
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        return f"is not in normal form; write {posixpath.normpath(path)!r}"
+    if path in SHARED_DIRS or path.startswith(NOTHING_BELOW) or posixpath.dirname(path) in HOMES:
+        return ("is a directory other programs share (ipvslb creates, locks and empties its "
+                "run directory); use a directory of ipvslb's own such as /run/ipvslb")
+    return None
+
+
+def check_backends(problems: Problems, where: str,
+                   static: tuple[tuple[c.IPAddress, int], ...], vips: set[c.IPAddress],
+                   servers: tuple[c.VirtualServer, ...], proxy_port: int,
+                   api_port: int) -> None:
+    """Backends that loop back into the load balancer, or that no virtual server can use.
+
+    ``servers`` are the virtual servers in use (virtual-servers mode), on port ``api_port``.
+    """
+    for i, (ip, port) in enumerate(static):
+        why = loop_backend(ip, port, vips, proxy_port)
+        if why:
+            problems.add(f"{where}[{i}]", f"{ip}:{port} {why}")
+    kept = [vs for vs in servers if vs.lb_kind != "NAT"]
+    for ip, port in static:
+        if kept and port != api_port:
+            problems.add(where, f"{ip}:{port} has another port than the virtual servers' "
+                         f"{api_port}; {kept[0].lb_kind} forwarding keeps the port: use port "
+                         f"{api_port} or lbKind NAT")
+    families = {ip.version for ip, _ in static}
+    for vs in servers:
+        family = vs.ip_address.version
+        if static and family not in families:
+            problems.add(where, f"has no IPv{family} address for the virtual server "
+                         f"{vs.ip_address}; IPVS forwards only within one address family: list "
+                         f"IPv{family} apiserver addresses")
 
 
 CPLB_FIELDS = ("enabled", "type", "keepalived")
@@ -538,7 +654,7 @@ def build_config(
     """Validate the pieces extracted from a document; raise ConfigError listing every problem."""
     problems = Problems()
     with problems.at("node"):
-        if role_override is not None:
+        if role_override is not None and (node is None or isinstance(node, dict)):
             node = dict(node or {}, role=role_override)
         node_settings = _node(problems, node, api_port)
     with problems.at("endpoints"):
@@ -599,10 +715,9 @@ def build_config(
                 if ka.has(key):
                     problems.warn(key, "custom templates are not used by ipvslb (it renders "
                                   "keepalived's configuration itself); remove it")
-    for i, (ip, port) in enumerate(endpoint_settings.static):
-        why = loop_backend(ip, port, set(seen_vips), proxy_port)
-        if why:
-            problems.add(f"endpoints.static[{i}]", f"{ip}:{port} {why}")
+    with_vs = bool(servers) and not disable_lb and node_settings.role is c.Role.CONTROLLER
+    check_backends(problems, "endpoints.static", endpoint_settings.static, set(seen_vips),
+                   tuple(servers) if with_vs else (), proxy_port, node_settings.api_server_port)
     if external_address:
         problems.warnings.append(
             f"spec.api.externalAddress is {external_address}: make sure that address reaches "

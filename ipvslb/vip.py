@@ -3,22 +3,33 @@
 After keepalived is killed (SIGKILL, OOM, crash) its VIPs stay on the interface, and the node
 keeps answering ARP and TCP for them while the new master holds them too. ipvslb removes them
 the moment keepalived dies and again on start, before a new keepalived runs.
+
+Only an address keepalived added is removed: that of an instance whose last recorded state
+(``ipvslb notify``, in the run directory) is MASTER. A configured VIP that is on the node
+without that record is the node's own address: ``check_not_node_address`` refuses to start.
 """
 
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 from ipvslb import logfmt
 from ipvslb.config import Config
+from ipvslb.errors import UserError
 
 log = logfmt.get("vip")
 
 
-def held(config: Config, interfaces: tuple[str, ...], netns: str | None = None
-         ) -> list[tuple[str, str]]:
-    """(interface, VIP/prefix) pairs of configured VIPs currently on the VRRP interfaces."""
+def held(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
+         run_dir: Path | None = None, added: bool | None = None) -> list[tuple[str, str]]:
+    """(interface, VIP/prefix) pairs of configured VIPs currently on the VRRP interfaces.
+
+    With ``added`` True (False) only those keepalived added (did not add) by ``run_dir``'s
+    record; None: all.
+    """
     from ipvslb import netinfo
+    from ipvslb.vs_switch import read_state
 
     by_name = {link.name: link for link in netinfo.links(netns)}
     found = []
@@ -26,20 +37,35 @@ def held(config: Config, interfaces: tuple[str, ...], netns: str | None = None
         link = by_name.get(iface)
         if link is None:
             continue
+        if added is not None and run_dir is not None:
+            if (read_state(run_dir, inst.index) == "MASTER") != added:
+                continue
         present = {a.ip for a in link.addresses}
         found += [(iface, str(v)) for v in inst.virtual_ips if v.ip in present]
     return found
 
 
+def check_not_node_address(config: Config, interfaces: tuple[str, ...], run_dir: Path,
+                           netns: str | None = None) -> None:
+    """Refuse a VIP that is already an address of this node that keepalived did not add."""
+    own = held(config, interfaces, netns, run_dir, added=False)
+    if own:
+        iface, address = own[0]
+        raise UserError(f"VIP {address} is already an address of this node on {iface}, not one "
+                        "keepalived added; a VIP must be an address no node has (keepalived "
+                        "adds and deletes it): choose another VIP, or remove the address from "
+                        f"{iface} if it is a leftover")
+
+
 def remove_stale(config: Config, interfaces: tuple[str, ...], netns: str | None = None) -> int:
-    """Delete every configured VIP from the VRRP interfaces; return how many were removed.
+    """Delete the VIPs keepalived added from the VRRP interfaces; return how many were removed.
 
     Only call this while no keepalived of this node runs.
     """
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    stale = held(config, interfaces, netns)
+    stale = held(config, interfaces, netns, Path(config.node.run_dir), added=True)
     if not stale:
         return 0
     removed = 0

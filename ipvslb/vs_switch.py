@@ -18,6 +18,7 @@ import signal
 from pathlib import Path
 
 from ipvslb.keepalived_files import vs_active_file, vs_file, vs_standby_file
+from ipvslb.scalars import parse_uint
 
 DEVNULL = "/dev/null"
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
@@ -25,8 +26,8 @@ STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 
 def instance_index(name: str) -> int | None:
     prefix = "ipvslb-vip-"
-    if name.startswith(prefix) and name[len(prefix):].isdigit():
-        return int(name[len(prefix):])
+    if name.startswith(prefix):
+        return parse_uint(name[len(prefix):], 0, 254)
     return None
 
 

@@ -14,6 +14,7 @@ refuses each of those before any of the document is used:
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ipvslb.errors import UserError
 MAX_BYTES = 1024 * 1024  # a config of ipvslb or k0s is a few KiB
 MAX_NODES = 100_000  # after expanding aliases
 MAX_DEPTH = 64
+MAX_INT_CHARS = 40  # more digits than any port, mark, label or number of seconds needs
 
 
 class _Refused(Exception):
@@ -39,6 +41,30 @@ class _BoundedLoader(yaml.SafeLoader):
     def construct_document(self, node: Node) -> Any:
         _check(node)
         return super().construct_document(node)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        """A tagged scalar that does not convert (``!!int abc``, ``!!bool maybe``) is refused
+        in one line instead of escaping as a ValueError/KeyError traceback."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, TypeError, OverflowError) as err:
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise _Refused(f"{tag} value does not convert ({err})"[:200], node) from None
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        if len(str(node.value)) > MAX_INT_CHARS:
+            raise _Refused(f"an integer of {len(node.value)} characters; no field takes such a "
+                           "number", node)
+        return super().construct_yaml_int(node)  # type: ignore[no-any-return]
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+# Date-like scalars stay strings, as Go's YAML (k0s) reads them: no field takes a date, and
+# PyYAML raised a ValueError traceback on "2024-13-45".
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _check(root: Node) -> None:
@@ -113,7 +139,12 @@ def read(path: str | Path, what: str = "pass a readable YAML file with -c",
     names the file in "no such <kind> file"."""
     file = Path(path)
     try:
-        if file.stat().st_size > MAX_BYTES:
+        info = file.stat()
+        if not stat.S_ISREG(info.st_mode):
+            # a FIFO or a device would block or never end; a directory cannot be read
+            kind_of = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise UserError(f"{file}: cannot read it (it is {kind_of}); {what}")
+        if info.st_size > MAX_BYTES:
             raise UserError(f"{file}: larger than {MAX_BYTES // 1024} KiB; a config is a few "
                             f"KiB, {what}")
         with file.open("rb") as stream:

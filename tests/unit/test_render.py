@@ -23,7 +23,7 @@ def document(run_dir: str, instances: list[dict[str, Any]], servers: list[dict[s
              **node: Any) -> dict[str, Any]:
     return {
         "node": {"runDir": run_dir, **node},
-        "endpoints": {"source": "static", "static": ["10.77.0.11"]},
+        "endpoints": {"source": "static", "static": ["10.77.0.11", "[fd00:77::11]:6443"]},
         "controlPlaneLoadBalancing": {"keepalived": {
             "vrrpInstances": instances, "virtualServers": servers}},
     }

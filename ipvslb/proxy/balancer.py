@@ -8,7 +8,7 @@ lives on while it still carries connections, so that they can be drained and cou
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +175,11 @@ class Balancer:
 
     def states(self) -> list[BackendState]:
         return list(self._states.values())
+
+    def connections(self) -> Iterator[Any]:
+        """Every connection of every backend (the relay's Connection objects)."""
+        for state in list(self._states.values()):
+            yield from list(state.connections)
 
     def stats(self) -> list[BackendStats]:
         now = self._clock()

@@ -133,7 +133,7 @@ class Half:
     """One direction of a connection: read ``src``, write ``dst``."""
 
     __slots__ = ("conn", "src", "dst", "sfd", "dfd", "pipe", "pending", "data", "blocked",
-                 "done", "engine", "splicing")
+                 "done", "engine", "splicing", "moved")
 
     def __init__(self, conn: Connection, src: socket.socket, dst: socket.socket,
                  engine: str) -> None:
@@ -149,6 +149,7 @@ class Half:
         self.data = b""  # copy: bytes dst has not taken yet
         self.blocked = False
         self.done = False
+        self.moved = 0  # bytes read from src (and passed on to dst unless aborted)
 
     def on_readable(self) -> None:
         if self.splicing:
@@ -186,6 +187,7 @@ class Half:
             if n == 0:
                 self._eof()
                 return
+            self.moved += n
             try:
                 sent = self.dst.send(_VIEW[:n])
             except BlockingIOError:
@@ -228,6 +230,7 @@ class Half:
                 self._eof()
                 return
             self.pending = n
+            self.moved += n
             if not self._splice_out():
                 return  # blocked on dst (keeps the pipe) or aborted
             if n < SPLICE_SMALL and self.engine == AUTO:
@@ -290,7 +293,7 @@ class Connection:
     """A client socket relayed to a backend socket until both directions end."""
 
     __slots__ = ("poller", "pool", "client", "backend", "up", "down", "owner", "on_close",
-                 "closed", "cmask", "bmask")
+                 "closed", "cmask", "bmask", "moved")
 
     def __init__(
         self,
@@ -312,6 +315,7 @@ class Connection:
         self.up = Half(self, client, backend, engine)
         self.down = Half(self, backend, client, engine)
         self.cmask = self.bmask = _IN
+        self.moved = (0, 0)  # (client -> backend, backend -> client) bytes, set on close
 
     def start(self) -> None:
         """Relay from now on; the client has usually sent its first bytes already: read them."""
@@ -370,6 +374,7 @@ class Connection:
         self.poller.forget(self.down.sfd)
         self.up.release()
         self.down.release()
+        self.moved = (self.up.moved, self.down.moved)
         del self.up, self.down  # no reference cycle left: freed without the cyclic GC
         self.client.close()  # closing also removes the sockets from the epoll set
         self.backend.close()

@@ -32,6 +32,8 @@ class ProxyStats:
     rejected: int  # client connections refused by the connection limit
     failed: int  # client connections closed because no backend could be reached
     backends: list[BackendStats]
+    bytes_to_backends: int = 0  # relayed client -> backend (closed and open connections)
+    bytes_to_clients: int = 0
 
 
 class _Dial:
@@ -104,6 +106,7 @@ class Proxy:
         self._total = 0
         self._rejected = 0
         self._failed = 0
+        self._bytes_closed = [0, 0]  # bytes of connections that ended (up, down)
         self._rejected_logged_at = 0.0
         self._rejected_since_log = 0
         self._idle: asyncio.Event | None = None
@@ -208,8 +211,13 @@ class Proxy:
     # -- status ------------------------------------------------------------------------------
     def stats(self) -> ProxyStats:
         listen = self.address_text if self._listener is not None else ""
+        up, down = self._bytes_closed
+        for conn in self._balancer.connections():
+            if not conn.closed:
+                up += conn.up.moved
+                down += conn.down.moved
         return ProxyStats(listen, self._active, self._total, self._rejected, self._failed,
-                          self._balancer.stats())
+                          self._balancer.stats(), up, down)
 
     def log_stats(self) -> None:
         """Log the counters as one line (for a periodic status log)."""
@@ -422,6 +430,8 @@ class Proxy:
         state: BackendState = conn.owner
         state.active -= 1
         state.connections.discard(conn)
+        self._bytes_closed[0] += conn.moved[0]
+        self._bytes_closed[1] += conn.moved[1]
         if state.removed and not state.connections:
             self._balancer.forget_if_idle(state)
         self._connection_ended()

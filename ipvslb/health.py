@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,9 +41,28 @@ class _Target:
     path: str = "/readyz"
     reason: str = ""
     auth_warned: bool = False
+    last_check: float | None = None  # unix time of the last result
+    last_latency: float | None = None  # seconds the last probe took
+    checks: int = 0
+    failed_checks: int = 0
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """What `ipvslb status` and the metrics show of one checked backend."""
+
+    backend: Backend
+    up: bool | None  # None until the first result
+    passes: int  # consecutive
+    failures: int  # consecutive
+    checks: int  # since the backend was added
+    failed_checks: int
+    last_check: float | None  # unix time
+    last_latency: float | None  # seconds
+    reason: str  # why the last failed check failed
 
 
 class HealthChecker:
@@ -84,6 +104,8 @@ class HealthChecker:
         self.fail_open = fail_open
         self.on_change = on_change
         self.on_result = on_result
+        # every active probe with its duration in seconds (metrics); not the passive reports
+        self.on_probe: Callable[[Backend, bool, float], None] | None = None
         self._ssl = _client_context(ca_file) if mode == "https" else None
         self._targets: dict[Backend, _Target] = {}
         self._published: list[Backend] | None = None
@@ -130,6 +152,12 @@ class HealthChecker:
             target.wake.set()
 
     # -- state -----------------------------------------------------------------------------
+    def targets(self) -> list[TargetStatus]:
+        """The checked backends, sorted."""
+        return [TargetStatus(b, t.up, t.passes, t.failures, t.checks, t.failed_checks,
+                             t.last_check, t.last_latency, t.reason)
+                for b, t in sorted(self._targets.items())]
+
     @property
     def healthy(self) -> list[Backend]:
         """Backends whose checks pass now (no fail-open applied)."""
@@ -192,10 +220,12 @@ class HealthChecker:
             target.up = False
         if target.up != was:
             if target.up:
-                log.info("backend up", extra={"backend": str(target.backend)})
+                log.info("backend up", extra={"event": "backend_up",
+                                              "backend": str(target.backend)})
             else:
-                log.warning("backend down",
-                            extra={"backend": str(target.backend), "reason": target.reason})
+                log.warning("backend down", extra={"event": "backend_down",
+                                                   "backend": str(target.backend),
+                                                   "reason": target.reason})
             self._publish()
 
     # -- probing ---------------------------------------------------------------------------
@@ -225,6 +255,15 @@ class HealthChecker:
             except Exception as err:  # any failure of the probe is a failed check
                 ok, reason = False, _describe(err)
                 _close(target)
+            target.last_latency = loop.time() - started
+            target.last_check = time.time()
+            target.checks += 1
+            target.failed_checks += not ok
+            if self.on_probe is not None:
+                try:
+                    self.on_probe(target.backend, ok, target.last_latency)
+                except Exception:
+                    log.exception("health on_probe callback failed")
             self._record(target, ok, reason)
             target.wake.clear()
             delay = max(0.0, self.interval - (loop.time() - started))

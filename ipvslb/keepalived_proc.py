@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
@@ -139,6 +144,9 @@ class Keepalived:
         self.last_line = ""
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.reloads = 0
+        self.started_at: float | None = None  # unix time the running process started
+        self.last_exit_code: int | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -180,8 +188,9 @@ class Keepalived:
         self.process = await asyncio.create_subprocess_exec(
             *self.command(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=self.environment(),
         )
+        self.started_at = time.time()
         log.info("started keepalived", extra={"pid": self.process.pid})
         self._started.set()
         assert self.process.stdout is not None
@@ -191,6 +200,7 @@ class Keepalived:
                 self.last_line = line
                 log.info(line)
         code = await self.process.wait()
+        self.last_exit_code = code
         if self._stopping:
             return
         self.restarts += 1
@@ -232,6 +242,43 @@ class Keepalived:
                     f"keepalived cannot be started: {err}"))
             return
 
+    def environment(self) -> dict[str, str]:
+        """keepalived's environment: the agent's, with TMPDIR set to the run directory (where
+        keepalived writes keepalived.json on its JSON signal; not a /tmp shared by every
+        keepalived of the host) and without systemd's notify/watchdog variables, which are the
+        agent's alone (keepalived would otherwise report READY for the agent's unit)."""
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
+        env["TMPDIR"] = str(self.run_dir)
+        return env
+
+    @property
+    def running(self) -> bool:
+        proc = self.process
+        return proc is not None and proc.returncode is None
+
+    async def vrrp_json(self, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+        """keepalived's own VRRP state and counters (its JSON signal, ``keepalived.json``),
+        or None when keepalived is not running or did not write the file within ``timeout``."""
+        proc = self.process
+        if proc is None or proc.returncode is not None or not self.ready():
+            return None
+        path = self.run_dir / JSON_FILE
+        before = _mtime(path)
+        signum = await asyncio.to_thread(json_signal, self.binary)
+        if signum is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            if _mtime(path) != before:
+                data = await asyncio.to_thread(_read_json, path)
+                if data is not None:
+                    return data
+        return None
+
     def ready(self) -> bool:
         """Whether the running keepalived has set itself up: its pid file names it and its
         VRRP child runs. Before that a SIGHUP kills it (the default action of the signal,
@@ -262,6 +309,7 @@ class Keepalived:
         # setpriv and `ip netns exec` exec keepalived: the child's pid is keepalived's.
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGHUP)
+            self.reloads += 1
             log.info("reloaded keepalived (SIGHUP)")
             return True
         return False
@@ -301,3 +349,36 @@ class Keepalived:
         for name in PID_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / name).unlink()
+
+
+JSON_FILE = "keepalived.json"
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+@functools.cache
+def json_signal(binary: str) -> int | None:
+    """The signal that makes this keepalived write keepalived.json (``--signum=JSON``); None
+    when it is built without JSON support."""
+    try:
+        out = subprocess.run([binary, "--signum=JSON"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    return int(text) if out.returncode == 0 and text.isascii() and text.isdigit() else None
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _read_json(path: Path) -> list[dict[str, Any]] | None:
+    """keepalived.json, or None while it is being written (not yet valid JSON)."""
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else None

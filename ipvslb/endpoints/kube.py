@@ -28,7 +28,7 @@ import tenacity
 from ipvslb import logfmt
 from ipvslb.endpoints import kube_api, kubeconfig
 from ipvslb.endpoints.kube_api import ApiError, Gone, KubeApi, Resource
-from ipvslb.endpoints.source import Backend, UpdateCallback
+from ipvslb.endpoints.source import Backend, SourceStatus, UpdateCallback
 
 log = logfmt.get("reconciler")
 
@@ -68,6 +68,11 @@ class ReconcilerStats:
     expired: int = 0
     failures: int = 0
     updates: int = 0
+    # for `ipvslb status` and metrics (unix times)
+    connected: bool = False  # a list or watch succeeded since the last failure
+    last_event: float | None = None  # the last watch event (bookmarks included)
+    last_sync: float | None = None  # the last successful list or watch event
+    last_error: str = ""
 
 
 class KubernetesSource:
@@ -158,6 +163,7 @@ class KubernetesSource:
             if self._stopping.is_set():
                 return
             self.stats.failures += 1
+            self.stats.connected = False
             raise
 
     def _choose_resource(self, api: KubeApi) -> Resource:
@@ -189,6 +195,7 @@ class KubernetesSource:
             raise kube_api.ProtocolError(f"the {resource.kind} list has no resourceVersion")
         self.resource, self._objects, self.resource_version = resource, objects, version
         self.stats.lists += 1
+        self._synced()
         self._publish()
 
     def _watch(self) -> None:
@@ -219,6 +226,8 @@ class KubernetesSource:
         version = _as_dict(obj.get("metadata")).get("resourceVersion")
         if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK") or not version:
             raise kube_api.ProtocolError(f"unexpected watch event type={kind!r}")
+        self.stats.last_event = time.time()
+        self._synced()
         if kind == "BOOKMARK":
             self.stats.bookmarks += 1
             self.resource_version = str(version)
@@ -267,6 +276,24 @@ class KubernetesSource:
             except Exception:
                 log.exception("the consumer of the endpoint updates failed")
 
+    def status(self) -> SourceStatus:
+        st = self.stats
+        return SourceStatus(
+            kind="kubernetes", connected=st.connected, retrying=st.failures > 0 and
+            not st.connected, resource=str(self.resource) if self.resource else None,
+            resource_version=self.resource_version, last_event=st.last_event,
+            last_sync=st.last_sync, watches=st.watches, lists=st.lists, events=st.events,
+            errors=st.failures, last_error=st.last_error)
+
+    def _synced(self) -> None:
+        self.stats.last_sync = time.time()
+        if not self.stats.connected:
+            self.stats.connected = True
+            if self.stats.failures:
+                log.info("watch reconnected", extra={
+                    "event": "watch_reconnect", "resource_version": self.resource_version,
+                    "errors": self.stats.failures})
+
     # -- retry policy ---------------------------------------------------------------------------
 
     def _delay_after(self, state: tenacity.RetryCallState) -> float:
@@ -277,6 +304,7 @@ class KubernetesSource:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else self.settings.retry_interval
         fields: dict[str, Any] = {"error": str(error) or type(error).__name__}
+        self.stats.last_error = fields["error"]
         if isinstance(error, ApiError) and error.retryable:
             log.warning(f"the API server asked to retry in {delay:g}s", extra=fields)
             return

@@ -32,12 +32,33 @@ class Backend:
 UpdateCallback = Callable[[Sequence[Backend]], None]
 
 
+@dataclass(frozen=True)
+class SourceStatus:
+    """What `ipvslb status` and the metrics show of an endpoint source."""
+
+    kind: str  # static | kubernetes
+    connected: bool = True  # kubernetes: a list or watch succeeded since the last failure
+    retrying: bool = False  # kubernetes: failing, retrying with backoff
+    resource: str | None = None
+    resource_version: str | None = None
+    last_event: float | None = None  # unix times
+    last_sync: float | None = None
+    watches: int = 0
+    lists: int = 0
+    events: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
 class EndpointSource(Protocol):
     def start(self, on_update: UpdateCallback) -> None:
         """Begin delivering backend lists to ``on_update`` (non-blocking)."""
 
     def stop(self) -> None:
         """Stop delivering; join any worker thread (bounded)."""
+
+    def status(self) -> SourceStatus:
+        """The source's state now (cheap; callable from any thread)."""
 
 
 class StaticSource:
@@ -51,3 +72,6 @@ class StaticSource:
 
     def stop(self) -> None:
         return None
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(kind="static")

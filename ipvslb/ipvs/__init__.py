@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ipvslb.ipvs.model import Table
 
 
 def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = None,
@@ -41,3 +45,20 @@ def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = N
                                        f"{err.strerror}") from None
             removed += 1
     return removed
+
+
+def read_table_stats(netns: str | None = None) -> Table | None:
+    """The whole IPVS table with kernel counters (for `ipvslb status` and metrics).
+
+    None when IPVS is not loaded; never loads it.
+    """
+    from ipvslb.errors import SystemStateError
+    from ipvslb.ipvs.netlink import IPVS
+    from ipvslb.ipvs.read import read_table
+
+    try:
+        ipvs = IPVS(netns, load=False)
+    except SystemStateError:
+        return None
+    with ipvs:
+        return read_table(ipvs, stats=True, info=False)

@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipvslb import keepalived_files as kf
-from ipvslb import logfmt, vip, vs_switch
+from ipvslb import logfmt, state, vip, vs_switch
 from ipvslb.config import Config, EndpointSourceKind
 from ipvslb.endpoints.source import Backend, EndpointSource, StaticSource
 from ipvslb.errors import UserError
 from ipvslb.files import claim_run_dir, executable_problem, remove_run_files, write_atomic
-from ipvslb.keepalived_proc import Keepalived, stop_leftover
+from ipvslb.keepalived_proc import JSON_FILE, Keepalived, stop_leftover
 from ipvslb.mode import Mode, decide
+from ipvslb.sdnotify import Notifier
+from ipvslb.status_server import SOCKET as STATUS_SOCKET
+from ipvslb.status_server import StatusServer
 from ipvslb.validate import loop_backend
+
+if TYPE_CHECKING:
+    from ipvslb.health import HealthChecker
+    from ipvslb.metrics import Metrics
+    from ipvslb.proxy import Proxy
 
 log = logfmt.get("agent")
 
@@ -52,13 +61,21 @@ class Agent:
         self.backends: list[Backend] = []
         self._refused_seen: set[Backend] = set()
         self.keepalived: Keepalived | None = None
-        self.proxy: Any = None
+        self.proxy: Proxy | None = None
         self.source: EndpointSource | None = None
-        self.health: Any = None
-        self.backend_health: Any = None
+        self.health: HealthChecker | None = None  # the local apiserver (track file)
+        self.backend_health: HealthChecker | None = None  # userspace mode's backends
         self.loop: asyncio.AbstractEventLoop | None = None
         self.failure: BaseException | None = None
         self._stop_event = asyncio.Event()
+        # introspection: `ipvslb status`, metrics, systemd
+        self.started_at = time.time()
+        self.vrrp = state.VrrpTracker(self.run_dir,
+                                      [inst.name for inst in config.vrrp_instances])
+        self.notifier = Notifier()
+        self.status_server: StatusServer | None = None
+        self.metrics: Metrics | None = None
+        self._tick_task: asyncio.Task[None] | None = None
 
     def _preflight(self) -> None:
         """Every check that can fail on this node's facts, before anything is changed."""
@@ -86,7 +103,9 @@ class Agent:
         try:
             await self._start()
             log.info("running", extra={"run_dir": str(self.run_dir)})
+            self.notifier.ready(f"running, mode {self.mode.value}")
             await stop.wait()
+            self.notifier.stopping()
             log.info("stopping")
         finally:
             await self._stop()
@@ -100,6 +119,10 @@ class Agent:
 
     async def _start(self) -> None:
         claim_run_dir(self.run_dir)
+        if self.config.node.metrics_listen is not None:
+            from ipvslb.metrics import Metrics
+
+            self.metrics = Metrics()
         # pyroute2's sockets run their own event loop: netlink work goes to a worker thread.
         if await asyncio.to_thread(stop_leftover, self.run_dir):
             log.info("replaced the keepalived of a previous agent")
@@ -113,6 +136,46 @@ class Agent:
         await self._start_health()
         self.source = make_source(self.config)
         self.source.start(self._on_update_threadsafe)
+        await self._start_introspection()
+
+    async def _start_introspection(self) -> None:
+        """The status socket, the metrics endpoint and the 1 s tick (VRRP state, watchdog)."""
+        self.status_server = StatusServer(self.run_dir, self.snapshot)
+        await self.status_server.start()
+        listen = self.config.node.metrics_listen
+        if self.metrics is not None and listen is not None:
+            assert self.loop is not None
+            try:
+                self.metrics.serve(listen[0], listen[1], self.loop, self.snapshot)
+            except OSError as err:
+                raise UserError(f"node.metrics.listen {listen[0]}:{listen[1]}: cannot listen "
+                                f"({err.strerror}); choose a free port or an address of this "
+                                "node") from None
+        self._tick_task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Follow the VRRP state files and feed systemd's watchdog from the agent's loop: a
+        wedged loop stops the WATCHDOG=1 messages and systemd restarts the agent."""
+        interval = self.notifier.watchdog_interval
+        period = min(1.0, interval) if interval else 1.0
+        while True:
+            try:
+                self.vrrp.poll()
+            except Exception:
+                log.exception("reading the VRRP state files failed")
+            if interval:
+                self.notifier.watchdog()
+            await asyncio.sleep(period)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The agent's state, as `ipvslb status --json` prints it (schema ipvslb.status/v1)."""
+        return (await state.build(self, self.vrrp)).to_json()
+
+    def in_rotation(self) -> list[Backend]:
+        """The backends new connections go to, as far as the agent decides it."""
+        if self.proxy is not None:
+            return list(self.proxy.backends)
+        return list(self.backends)
 
     async def _start_mode(self) -> None:
         node = self.config.node
@@ -135,15 +198,17 @@ class Agent:
             from ipvslb.health import HealthChecker
             from ipvslb.proxy import Proxy
 
-            self.proxy = Proxy(None, self.config.user_space_proxy_bind_port, [])
-            await self.proxy.start()
+            proxy = self.proxy = Proxy(None, self.config.user_space_proxy_bind_port, [])
+            await proxy.start()
             # Active checks narrow the rotation; the proxy's own passive ejection reports back.
-            self.backend_health = HealthChecker(
-                [], on_change=self.proxy.update, on_result=self._backend_result,
+            checker = self.backend_health = HealthChecker(
+                [], on_change=proxy.update, on_result=self._backend_result,
                 mode="https" if node.real_server_check.value == "https" else "tcp",
                 fail_open=True)
-            self.proxy.on_eject = self.backend_health.report_failure
-            await self.backend_health.start()
+            if self.metrics is not None:
+                checker.on_probe = self.metrics.probe_hook("backend")
+            proxy.on_eject = checker.report_failure
+            await checker.start()
             await asyncio.to_thread(
                 iptables.install,
                 [iptables.Redirect(str(v), node.api_server_port,
@@ -176,6 +241,8 @@ class Agent:
             [local], on_change=changed, mode="https", interval=settings.interval,
             timeout=settings.timeout, rise=settings.rise, fall=settings.fall, fail_open=False,
         )
+        if self.metrics is not None:
+            self.health.on_probe = self.metrics.probe_hook("local_apiserver")
         await self.health.start()
 
     # -- changes ----------------------------------------------------------------------------
@@ -207,7 +274,8 @@ class Agent:
         log.info("backends changed", extra={"backends": ",".join(map(str, new))})
         if self.mode is Mode.USERSPACE and self.proxy is not None:
             self.proxy.update(new)
-            self.backend_health.update(new)
+            if self.backend_health is not None:
+                self.backend_health.update(new)
         changed = self._write_files()
         if self.keepalived is not None and changed:
             self.keepalived.reload()
@@ -236,6 +304,14 @@ class Agent:
     # -- stop -------------------------------------------------------------------------------
 
     async def _stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        if self.status_server is not None:
+            await self.status_server.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.source is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.source.stop)
@@ -262,7 +338,7 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
     remove_vip_services(config, netns)
     remove_dummy(config, netns)
     iptables.remove(netns=netns)
-    names = [kf.CONF, kf.HEALTH_FILE] + [
+    names = [kf.CONF, kf.HEALTH_FILE, STATUS_SOCKET, JSON_FILE] + [
         n for i in range(len(config.vrrp_instances))
         for n in (kf.vs_file(i), kf.vs_active_file(i), kf.vs_standby_file(i),
                   vs_switch.state_file(run_dir, i).name)]

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "validate": "ipvslb.cmd_config:validate",
     "render": "ipvslb.cmd_config:render",
     "show": "ipvslb.cmd_show:show",
+    "status": "ipvslb.cmd_status:status",
     "notify": "ipvslb.cmd_notify:notify",
     "up": "ipvslb.cmd_agent:up",
     "down": "ipvslb.cmd_agent:down",

@@ -274,8 +274,29 @@ def status(state_dir: Path) -> None:
             f"{'kube-apiserver' if the_lab.real else 'stand-in'} "
             f"{'up' if standin and standin.alive() else 'DOWN'}, dummyvip0 "
             f"{','.join(dummy) if dummy is not None else 'absent'}")
+    title("ipvslb status of each agent")
+    for member in st.controllers:
+        say(f"  {member.name:<8} {agent_status(Path(member.run_dir))}")
     title("through the VIP")
     show_fetches(the_lab)
+
+
+def agent_status(run_dir: Path) -> str:
+    """One line of `ipvslb status` for a lab controller's agent."""
+    from ipvslb.cmd_status import fetch
+
+    try:
+        snap = fetch(run_dir, timeout=5.0)
+    except UserError as err:
+        return f"no answer: {err.message}"
+    if "error" in snap:
+        return f"refused: {snap['error']}"
+    rotation = [b["address"] for b in snap["backends"] if b["inRotation"]]
+    states = ",".join(f"{i['name']}={i['state']}" for i in snap["instances"])
+    verdict = "healthy" if snap["healthy"] else "DEGRADED: " + "; ".join(snap["problems"])
+    return (f"{verdict}; {states}; in rotation {','.join(rotation) or 'none'}; endpoints "
+            f"{snap['source'].get('kind')} "
+            f"{'in sync' if snap['source'].get('connected') else 'not in sync'}")
 
 
 @lab.command()

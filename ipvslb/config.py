@@ -111,6 +111,8 @@ class NodeSettings:
     apiserver_health: ApiserverHealth = field(default_factory=ApiserverHealth)
     real_server_check: RealServerCheck = RealServerCheck.TCP
     lvs_sync_daemon: bool = False
+    # node.metrics.listen: (host, port) of the Prometheus endpoint; None: no metrics (default)
+    metrics_listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -475,6 +475,7 @@ def _node(problems: Problems, raw: Any, api_port: int | None) -> c.NodeSettings:
     s = Section(raw, problems, (
         "role", "apiServerPort", "runDir", "keepalivedPath", "dummyInterface", "priority",
         "kubeconfig", "apiserverHealth", "realServerCheck", "lvsSyncDaemon",
+        "metrics",
     ))
     d = c.NodeSettings()
     role_text = s.str_("role", d.role.value) or d.role.value
@@ -528,7 +529,30 @@ def _node(problems: Problems, raw: Any, api_port: int | None) -> c.NodeSettings:
         keepalived_path=keepalived, dummy_interface=dummy, priority=priority,
         kubeconfig=kubeconfig, apiserver_health=health, real_server_check=check,
         lvs_sync_daemon=s.bool_("lvsSyncDaemon", d.lvs_sync_daemon),
+        metrics_listen=_metrics_listen(problems, s.raw("metrics")),
     )
+
+
+def _metrics_listen(problems: Problems, raw: Any) -> tuple[str, int] | None:
+    """node.metrics.listen: "HOST:PORT" with HOST an IP address ([...] for IPv6)."""
+    with problems.at("metrics"):
+        m = Section(raw, problems, ("listen",))
+        text = m.str_("listen")
+        if text is None:
+            return None
+        host, sep, port_text = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port = parse_uint(port_text, 1, 65535) if sep else None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if port is None or ip is None or "%" in host:
+            problems.add("listen", f"{shown(text)} is not HOST:PORT with an IP address, e.g. "
+                         "127.0.0.1:9450 (metrics are off unless this is set)")
+            return None
+        return str(ip), port
 
 
 def _endpoints(problems: Problems, raw: Any, api_port: int) -> c.EndpointSettings:

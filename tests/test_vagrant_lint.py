@@ -170,7 +170,8 @@ def test_ipvslb_unit_has_what_the_lab_needs_and_systemd_accepts_it(tmp_path: Pat
     unit = (VAGRANT_DIR / "ipvslb.service").read_text()
     for directive in ("ExecStart=/opt/ipvslb/venv/bin/ipvslb up -c /etc/ipvslb/config.yaml",
                       "Restart=always", "KillSignal=SIGTERM", "TimeoutStopSec=15",
-                      "KillMode=mixed", "WantedBy=multi-user.target"):
+                      "KillMode=mixed", "WantedBy=multi-user.target", "Type=notify",
+                      "NotifyAccess=main", "WatchdogSec=30"):
         assert f"\n{directive}\n" in unit, directive
     assert re.search(r"^After=network-online\.target\b", unit, re.M)
     analyze = need("systemd-analyze", "systemd")

@@ -70,6 +70,9 @@ READY_TIMEOUT = 120.0  # a real apiserver: ~4 s alone, far more with three on a 
 
 # --- the lab's description ----------------------------------------------------------------------
 
+METRICS_PORT = 9450  # every lab agent's metrics, on its namespace's 127.0.0.1
+
+
 @dataclass
 class Member:
     name: str  # topology name (ctrl-1) or "client"
@@ -439,6 +442,8 @@ class Lab:
                 self.node_settings.setdefault("realServerCheck", "https")
             doc = node_config(self._topology, member.name, interface=IFNAME,
                               run_dir=member.run_dir, **extra)
+            # each controller's namespace has its own loopback: the same address on every one
+            doc["node"]["metrics"] = {"listen": f"127.0.0.1:{METRICS_PORT}"}
             doc["node"].update(self.node_settings)
             header = (f"# ipvslb config for {member.name} of the one-machine lab, generated "
                       "from the lab topology by ipvslb.lab.nslab.\n")

@@ -34,6 +34,7 @@ from ipvslb.lab.kubewatch import wait_healthy as healthy
 from ipvslb.lab.nslab import Lab, time_scale, wait_for
 from ipvslb.lab.topology import LabMode
 from tests.e2e.conftest import real_control_plane
+from tests.support.agentstatus import status
 
 # Client-visible unavailability allowed around one failure: VRRP failover (~0.2 s), a
 # client's first connection through a dead path (connect timeout) and TLS on a busy machine.
@@ -56,6 +57,16 @@ def test_kubectl_through_the_vip_reaches_every_apiserver(kube_lab: Lab) -> None:
     # across fresh connections the proxy reaches each apiserver (told apart by certificate)
     seen = {f.name for f in lab.fetch_round(rounds=2)}
     assert seen == set(lab.names()), seen
+    # `ipvslb status` on every node: the watch is up at the API's resourceVersion, and the
+    # backends in rotation are what the API publishes
+    published = sorted(f"{a}:{lab.state.api_port}" for a in lab.published())
+    for node in lab.names():
+        code, snap = status(lab, node)
+        src = snap["source"]
+        assert code == 0, (node, snap.get("problems"))
+        assert src["kind"] == "kubernetes" and src["connected"] and not src["retrying"], node
+        assert src["resourceVersion"] and src["lastSync"] is not None, node
+        assert sorted(b["address"] for b in snap["backends"] if b["inRotation"]) == published
 
 
 def test_agents_follow_the_api_when_an_apiserver_stops_and_returns(kube_lab: Lab) -> None:

@@ -23,6 +23,7 @@ from ipvslb.config import Role
 from ipvslb.lab.nslab import Lab, wait_for
 from ipvslb.lab.topology import LabMode
 from tests.e2e.conftest import running_lab
+from tests.support.agentstatus import metrics, status
 
 pytestmark = pytest.mark.kernel
 
@@ -85,6 +86,24 @@ def test_virtual_servers_end_to_end(vs_lab: Lab) -> None:
     assert {f.name for f in fetches} == set(lab.names())
     assert all(certs[f.fingerprint] == f.name for f in fetches)
 
+    # `ipvslb status` and the metrics show the kernel's IPVS table on the master only
+    service = f"{lab.vip}:{lab.state.api_port}"
+    code, snap = status(lab, master)
+    assert code == 0, snap.get("problems")
+    (svc,) = snap["ipvs"]
+    assert svc["address"] == service and svc["scheduler"] == "rr"
+    assert sorted(rs["address"].split(":")[0] for rs in svc["realServers"]) == sorted(everyone)
+    assert all(b["inRotation"] and b["up"] for b in snap["backends"])
+    assert snap["instances"][0]["state"] == "MASTER"
+    for node in lab.names():
+        if node != master:
+            code, other = status(lab, node)
+            assert code == 0 and other["ipvs"] == [], node
+    m = metrics(lab, master)
+    scheduled = sum(v for (name, labels), v in m.items()
+                    if name == "ipvslb_ipvs_connections_total" and ("service", service) in labels)
+    assert scheduled >= len(fetches)  # the kernel's counters of the connections just made
+
     # a dead apiserver is taken out by keepalived's check; clients keep working
     victim = next(n for n in lab.names() if n != master)
     standin = lab.proc("standin", victim)
@@ -95,6 +114,9 @@ def test_virtual_servers_end_to_end(vs_lab: Lab) -> None:
              60, f"keepalived to remove {victim} from the IPVS service")
     fetches = lab.fetch_round(rounds=1, timeout=10)  # raises on any failed request
     assert victim not in {f.name for f in fetches}
+    code, snap = status(lab, master)
+    (gone,) = [b for b in snap["backends"] if b["address"].startswith(address(lab, victim) + ":")]
+    assert code == 1 and gone["inRotation"] is False, snap
     lab.start_standin(victim)
     wait_for(lambda: sorted(ipvs_rules(lab, master)) == sorted(expected_ipvs(lab, everyone)),
              60, f"keepalived to add {victim} back")

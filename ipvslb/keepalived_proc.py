@@ -260,7 +260,7 @@ class Keepalived:
         """keepalived's own VRRP state and counters (its JSON signal, ``keepalived.json``),
         or None when keepalived is not running or did not write the file within ``timeout``."""
         proc = self.process
-        if proc is None or proc.returncode is not None or not self.ready():
+        if proc is None or not self.running or not self.ready():
             return None
         path = self.run_dir / JSON_FILE
         before = _mtime(path)

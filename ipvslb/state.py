@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 log = logfmt.get("agent")
 
 SCHEMA = "ipvslb.status/v1"
-# keepalived.json's numeric VRRP states
-KEEPALIVED_STATES = {0: "INIT", 1: "BACKUP", 2: "MASTER", 3: "FAULT"}
-VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 
 
 @dataclass

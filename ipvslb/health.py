@@ -220,12 +220,12 @@ class HealthChecker:
             target.up = False
         if target.up != was:
             if target.up:
-                log.info("backend up", extra={"event": "backend_up",
-                                              "backend": str(target.backend)})
+                log.info("backend up", extra={"backend": str(target.backend),
+                                              "event": "backend_up"})
             else:
-                log.warning("backend down", extra={"event": "backend_down",
-                                                   "backend": str(target.backend),
-                                                   "reason": target.reason})
+                log.warning("backend down", extra={"backend": str(target.backend),
+                                                   "reason": target.reason,
+                                                   "event": "backend_down"})
             self._publish()
 
     # -- probing ---------------------------------------------------------------------------

@@ -65,12 +65,16 @@ class StatusServer:
         try:
             sock = writer.get_extra_info("socket")
             uid = peer_uid(sock) if sock is not None else -1
+            # The request is read (bounded) before any answer, also from a peer that is then
+            # refused: closing on a client still sending would reset it instead of answering.
+            problem = await self._read_request(reader)
             if uid not in self.allowed:
                 log.warning("refused a status request", extra={"uid": uid})
                 await self._answer(writer, {"error": "permission denied: root only"})
-                return
-            answer = await self._handle(reader)
-            await self._answer(writer, answer)
+            elif problem is not None:
+                await self._answer(writer, {"error": problem})
+            else:
+                await self._answer(writer, await self.snapshot())
         except Exception:  # a client's mistake or hang-up must never reach the agent
             log.exception("status request failed")
         finally:
@@ -78,22 +82,24 @@ class StatusServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader) -> str | None:
+        """Why the request is not ``{"get": "status"}`` (None: it is)."""
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
         except TimeoutError:
-            return {"error": f"no request line within {READ_TIMEOUT:g}s"}
+            return f"no request line within {READ_TIMEOUT:g}s"
         except asyncio.LimitOverrunError:
-            return {"error": f"request longer than {MAX_REQUEST} bytes"}
+            return f"request longer than {MAX_REQUEST} bytes"
         except asyncio.IncompleteReadError:
-            return {"error": "the request must be one JSON line ending in a newline"}
+            return "the request must be one JSON line ending in a newline"
         try:
             request = json.loads(line)
         except ValueError:
-            return {"error": "the request is not JSON; send {\"get\": \"status\"}"}
+            return "the request is not JSON; send {\"get\": \"status\"}"
         if not isinstance(request, dict) or request.get("get") != "status":
-            return {"error": "unknown request; send {\"get\": \"status\"}"}
-        return await self.snapshot()
+            return "unknown request; send {\"get\": \"status\"}"
+        return None
 
     @staticmethod
     async def _answer(writer: asyncio.StreamWriter, data: dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ class Agent:
         self.source: EndpointSource | None = None
         self.health: HealthChecker | None = None  # the local apiserver (track file)
         self.backend_health: HealthChecker | None = None  # userspace mode's backends
+        self.iptables_backend: str | None = None  # userspace mode: the one holding our rules
         self.loop: asyncio.AbstractEventLoop | None = None
         self.failure: BaseException | None = None
         self._stop_event = asyncio.Event()
@@ -146,7 +147,7 @@ class Agent:
         if self.metrics is not None and listen is not None:
             assert self.loop is not None
             try:
-                self.metrics.serve(listen[0], listen[1], self.loop, self.snapshot)
+                self.metrics.serve(listen[0], listen[1], self.loop, self.metrics_snapshot)
             except OSError as err:
                 raise UserError(f"node.metrics.listen {listen[0]}:{listen[1]}: cannot listen "
                                 f"({err.strerror}); choose a free port or an address of this "
@@ -170,6 +171,11 @@ class Agent:
     async def snapshot(self) -> dict[str, Any]:
         """The agent's state, as `ipvslb status --json` prints it (schema ipvslb.status/v1)."""
         return (await state.build(self, self.vrrp)).to_json()
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """The snapshot a scrape needs: without the iptables rules, which no metric uses and
+        which cost iptables-save processes (most of a scrape's CPU; bench/idle)."""
+        return (await state.build(self, self.vrrp, rules=False)).to_json()
 
     def in_rotation(self) -> list[Backend]:
         """The backends new connections go to, as far as the agent decides it."""
@@ -209,7 +215,7 @@ class Agent:
                 checker.on_probe = self.metrics.probe_hook("backend")
             proxy.on_eject = checker.report_failure
             await checker.start()
-            await asyncio.to_thread(
+            self.iptables_backend = await asyncio.to_thread(
                 iptables.install,
                 [iptables.Redirect(str(v), node.api_server_port,
                                    self.config.user_space_proxy_bind_port) for v in vips],

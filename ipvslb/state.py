@@ -208,9 +208,10 @@ class VrrpTracker:
             self.transitions[i] += 1
 
 
-def _kernel_views(agent: Agent) -> tuple[list[tuple[str, str]], list[IpvsService] | None,
-                                          list[str] | None]:
-    """VIPs on the VRRP interfaces, and the IPVS table or the iptables rules (worker thread)."""
+def _kernel_views(agent: Agent, rules_wanted: bool
+                  ) -> tuple[list[tuple[str, str]], list[IpvsService] | None, list[str] | None]:
+    """VIPs on the VRRP interfaces, and the IPVS table or (``rules_wanted``) the iptables
+    rules (worker thread)."""
     from ipvslb import vip
     from ipvslb.mode import Mode
 
@@ -218,11 +219,11 @@ def _kernel_views(agent: Agent) -> tuple[list[tuple[str, str]], list[IpvsService
     services = rules = None
     if agent.mode is Mode.VIRTUAL_SERVERS:
         services = _ipvs_services(agent.netns)
-    elif agent.mode is Mode.USERSPACE:
+    elif agent.mode is Mode.USERSPACE and rules_wanted:
         from ipvslb import iptables
 
         try:
-            rules = iptables.current_rules(netns=agent.netns)
+            rules = iptables.current_rules(netns=agent.netns, backend=agent.iptables_backend)
         except Exception as err:  # status must answer even when iptables does not
             rules = [f"# iptables-save failed: {err}"]
     return held, services, rules
@@ -251,10 +252,11 @@ def _ipvs_services(netns: str | None) -> list[IpvsService] | None:
     return out
 
 
-async def build(agent: Agent, tracker: VrrpTracker) -> Snapshot:
-    """The snapshot now (on the agent's loop; the kernel is read in a worker thread)."""
+async def build(agent: Agent, tracker: VrrpTracker, rules: bool = True) -> Snapshot:
+    """The snapshot now (on the agent's loop; the kernel is read in a worker thread).
+    ``rules``: include ipvslb's iptables rules (userspace mode; iptables-save processes)."""
     tracker.poll()
-    held, ipvs, rules = await asyncio.to_thread(_kernel_views, agent)
+    held, ipvs, iptables_rules = await asyncio.to_thread(_kernel_views, agent, rules)
     kad = agent.keepalived
     vrrp_json = await kad.vrrp_json(timeout=1.0) if kad is not None else None
     by_name = {d.get("data", {}).get("iname"): d for d in vrrp_json or []}
@@ -283,7 +285,8 @@ async def build(agent: Agent, tracker: VrrpTracker) -> Snapshot:
             kad is not None and kad.running, kad.process.pid if kad and kad.process else None,
             kad.started_at if kad else None, kad.restarts if kad else 0,
             kad.reloads if kad else 0, kad.last_exit_code if kad else None),
-        local_apiserver=_local(agent), proxy=_proxy(agent), ipvs=ipvs, iptables_rules=rules)
+        local_apiserver=_local(agent), proxy=_proxy(agent), ipvs=ipvs,
+        iptables_rules=iptables_rules)
     snap.problems = problems(snap)
     return snap
 

@@ -78,25 +78,25 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
     yield healthy
 
     state = _gauge("ipvslb_vrrp_state", "1 for the VRRP state the instance is in (from "
-                   "keepalived's notify hook), 0 for the others", ("instance", "state"))
+                   "keepalived's notify hook), 0 for the others", ("vrrp_instance", "state"))
     trans = _counter("ipvslb_vrrp_transitions", "VRRP state changes seen by this agent",
-                     ("instance",))
+                     ("vrrp_instance",))
     held = _gauge("ipvslb_vip_held", "1 when the VIP is on this node's VRRP interface",
-                  ("instance", "vip"))
+                  ("vrrp_instance", "vip"))
     prio = _gauge("ipvslb_vrrp_effective_priority", "keepalived's effective VRRP priority",
-                  ("instance",))
+                  ("vrrp_instance",))
     ka_counters = {
         "advertsSent": _counter("ipvslb_vrrp_adverts_sent", "VRRP adverts sent (keepalived)",
-                                ("instance",)),
+                                ("vrrp_instance",)),
         "advertsReceived": _counter("ipvslb_vrrp_adverts_received",
-                                    "VRRP adverts received (keepalived)", ("instance",)),
+                                    "VRRP adverts received (keepalived)", ("vrrp_instance",)),
         "becameMaster": _counter("ipvslb_vrrp_became_master",
-                                 "times keepalived became MASTER", ("instance",)),
+                                 "times keepalived became MASTER", ("vrrp_instance",)),
         "releasedMaster": _counter("ipvslb_vrrp_released_master",
-                                   "times keepalived released MASTER", ("instance",)),
+                                   "times keepalived released MASTER", ("vrrp_instance",)),
         "authFailures": _counter("ipvslb_vrrp_auth_failures",
                                  "VRRP adverts failing authentication (keepalived)",
-                                 ("instance",)),
+                                 ("vrrp_instance",)),
     }
     for inst in snap["instances"]:
         name = inst["name"]

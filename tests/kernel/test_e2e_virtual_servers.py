@@ -23,7 +23,7 @@ from ipvslb.config import Role
 from ipvslb.lab.nslab import Lab, wait_for
 from ipvslb.lab.topology import LabMode
 from tests.e2e.conftest import running_lab
-from tests.support.agentstatus import metrics, status
+from tests.support.agentstatus import metrics, status, unknown_to
 
 pytestmark = pytest.mark.kernel
 
@@ -103,6 +103,7 @@ def test_virtual_servers_end_to_end(vs_lab: Lab) -> None:
     scheduled = sum(v for (name, labels), v in m.items()
                     if name == "ipvslb_ipvs_connections_total" and ("service", service) in labels)
     assert scheduled >= len(fetches)  # the kernel's counters of the connections just made
+    assert unknown_to(m, ("ipvslb_ipvs_",)) == []  # what the shipped dashboard queries
 
     # a dead apiserver is taken out by keepalived's check; clients keep working
     victim = next(n for n in lab.names() if n != master)

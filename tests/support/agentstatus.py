@@ -4,10 +4,13 @@ that node would run them (inside its network namespace)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipvslb.lab.nslab import METRICS_PORT, Lab
@@ -37,3 +40,37 @@ def metrics(lab: Lab, node: str) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 def sample(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
            **labels: str) -> float | None:
     return m.get((name, tuple(sorted(labels.items()))))
+
+
+MONITORING = Path(__file__).resolve().parents[2] / "examples" / "monitoring"
+_SELECTOR = re.compile(r"\b(ipvslb_[a-z_]+)(?:\{([^}]*)\})?")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"')
+
+
+def example_selectors() -> list[tuple[str, dict[str, str]]]:
+    """Every ipvslb series the shipped dashboard and alert rules query: (metric name, the
+    label values they match exactly), target labels (job, instance) left out."""
+    exprs = [t["expr"] for p in json.loads((MONITORING / "grafana-dashboard.json").read_text())
+             ["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load((MONITORING / "ipvslb-alerts.yaml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    found = []
+    for expr in exprs:
+        for name, body in _SELECTOR.findall(expr):
+            labels = {k: v for k, op, v in _MATCHER.findall(body or "")
+                      if op == "=" and k not in ("job", "instance")}
+            found.append((name, labels))
+    return found
+
+
+def unknown_to(m: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+               prefixes: tuple[str, ...] = ("ipvslb_",)) -> list[str]:
+    """The example selectors (with a name starting with one of ``prefixes``) that match no
+    sample of the scrape ``m``: a metric renamed, a label value the agent never exports."""
+    missing = []
+    for name, labels in example_selectors():
+        if not name.startswith(prefixes):
+            continue
+        if not any(n == name and labels.items() <= dict(ls).items() for n, ls in m):
+            missing.append(f"{name}{labels or ''}")
+    return sorted(set(missing))

@@ -115,12 +115,12 @@ def scrape(snap: state.Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 def test_metrics_parse_with_prometheus_clients_parser_and_follow_the_snapshot() -> None:
     m = scrape(snapshot())
-    inst = (("instance", "ipvslb-vip-0"),)
-    assert m[("ipvslb_vrrp_state", (*inst, ("state", "MASTER")))] == 1
-    assert m[("ipvslb_vrrp_state", (*inst, ("state", "BACKUP")))] == 0
+    inst = (("vrrp_instance", "ipvslb-vip-0"),)
+    assert m[("ipvslb_vrrp_state", (("state", "MASTER"), *inst))] == 1
+    assert m[("ipvslb_vrrp_state", (("state", "BACKUP"), *inst))] == 0
     assert m[("ipvslb_vrrp_transitions_total", inst)] == 2
     assert m[("ipvslb_vrrp_adverts_received_total", inst)] == 3
-    assert m[("ipvslb_vip_held", (*inst, ("vip", "10.0.0.10/24")))] == 1
+    assert m[("ipvslb_vip_held", (("vip", "10.0.0.10/24"), *inst))] == 1
     assert m[("ipvslb_backends", (("state", "up"),))] == 2
     assert m[("ipvslb_endpoint_watch_errors_total", ())] == 1
     assert m[("ipvslb_keepalived_restarts_total", ())] == 1

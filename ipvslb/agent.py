@@ -34,6 +34,7 @@ from ipvslb.status_server import StatusServer
 from ipvslb.validate import loop_backend
 
 if TYPE_CHECKING:
+    from ipvslb.dummywatch import DummyWatch
     from ipvslb.health import HealthChecker
     from ipvslb.metrics import Metrics
     from ipvslb.proxy import Proxy
@@ -77,6 +78,14 @@ class Agent:
         self.status_server: StatusServer | None = None
         self.metrics: Metrics | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        # virtual-servers mode: dummyvip0 repaired when someone else changes it
+        self.dummy_watch: DummyWatch | None = None
+        self.dummy_repairs = 0
+        self.dummy_last_repair: float | None = None
+        self.dummy_refused: str | None = None  # why the link is not ours to repair
+        self._dummy_task: asyncio.Task[None] | None = None
+        self._dummy_again = False
+        self._dummy_lock = asyncio.Lock()  # one dummy.ensure at a time (start-up, repairs)
 
     def _preflight(self) -> None:
         """Every check that can fail on this node's facts, before anything is changed."""
@@ -188,11 +197,15 @@ class Agent:
         vips = [v.ip for v in self.config.all_vips]
         if self.mode is Mode.VIRTUAL_SERVERS:
             from ipvslb import dummy
+            from ipvslb.dummywatch import DummyWatch
 
-            labels = {inst.address_label for inst in self.config.vrrp_instances}
-            await asyncio.to_thread(
-                dummy.ensure, node.dummy_interface, vips,
-                label=labels.pop() if labels else None, netns=self.netns)
+            # listening before the first ensure: a change in between is not missed
+            self.dummy_watch = DummyWatch(node.dummy_interface, self.netns,
+                                          self._dummy_event_threadsafe)
+            await asyncio.to_thread(self.dummy_watch.start)
+            async with self._dummy_lock:
+                await asyncio.to_thread(dummy.ensure, node.dummy_interface, vips,
+                                        label=self._dummy_label(), netns=self.netns)
             await asyncio.to_thread(remove_vip_services, self.config, self.netns)
             for inst in self.config.vrrp_instances:
                 vs_switch.point(self.run_dir, inst.index, master=False)
@@ -220,6 +233,54 @@ class Agent:
                 [iptables.Redirect(str(v), node.api_server_port,
                                    self.config.user_space_proxy_bind_port) for v in vips],
                 netns=self.netns)
+
+    def _dummy_label(self) -> int | None:
+        labels = {inst.address_label for inst in self.config.vrrp_instances}
+        return labels.pop() if labels else None
+
+    def _dummy_event_threadsafe(self, reason: str) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._dummy_changed, reason)
+
+    def _dummy_changed(self, reason: str) -> None:
+        """A kernel event about dummyvip0: ensure it again (one repair at a time; events
+        arriving meanwhile make it run once more)."""
+        if self._dummy_task is not None and not self._dummy_task.done():
+            self._dummy_again = True
+            return
+        self._dummy_task = asyncio.create_task(self._repair_dummy(reason))
+
+    async def _repair_dummy(self, reason: str) -> None:
+        from ipvslb import dummy
+        from ipvslb.errors import SystemStateError
+
+        name = self.config.node.dummy_interface
+        vips = [v.ip for v in self.config.all_vips]
+        while True:
+            self._dummy_again = False
+            try:
+                async with self._dummy_lock:
+                    result = await asyncio.to_thread(
+                        dummy.ensure, name, vips, label=self._dummy_label(),
+                        netns=self.netns, sysctls=False, ipvs_sysctls=False)
+            except (SystemStateError, UserError) as err:
+                if str(err) != self.dummy_refused:  # said once, never fought over
+                    log.error("not repairing the dummy link", extra={
+                        "event": "dummy_not_repaired", "link": name, "reason": reason,
+                        "error": str(err)})
+                self.dummy_refused = str(err)
+            else:
+                self.dummy_refused = None
+                if result.changed:
+                    self.dummy_repairs += 1
+                    self.dummy_last_repair = time.time()
+                    log.warning("repaired the dummy link changed by someone else", extra={
+                        "event": "dummy_repaired", "link": name, "reason": reason,
+                        "link_created": result.created, "link_state_set": result.state_set,
+                        "added": ",".join(result.added),
+                        "removed": ",".join(result.removed)})
+            if not self._dummy_again:
+                return
 
     def _backend_result(self, backend: Backend, ok: bool) -> None:
         if ok and self.proxy is not None:
@@ -310,6 +371,11 @@ class Agent:
     # -- stop -------------------------------------------------------------------------------
 
     async def _stop(self) -> None:
+        if self.dummy_watch is not None:  # first: removing the link must not look foreign
+            await asyncio.to_thread(self.dummy_watch.stop)
+        if self._dummy_task is not None:
+            with contextlib.suppress(Exception):
+                await self._dummy_task
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -91,6 +91,13 @@ def human(snap: dict[str, Any]) -> str:
                  f"reloads {ka['reloads']}"
                  + (f", last exit code {ka['lastExitCode']}" if ka['lastExitCode'] is not None
                     else ""))
+    dummy = snap.get("dummy")
+    if dummy:
+        watch = "watched" if dummy["watching"] else "NOT WATCHED"
+        lines.append(f"{dummy['name']}: {watch}, repaired {dummy['repairs']}x"
+                     + (f", last {_ago(dummy['lastRepair'], now)}" if dummy["lastRepair"]
+                        else "")
+                     + (f", NOT REPAIRED: {dummy['refused']}" if dummy["refused"] else ""))
     src = snap["source"]
     if src.get("kind") == "kubernetes":
         watch = ("connected" if src.get("connected") else

@@ -151,6 +151,7 @@ class Address(NamedTuple):
 @dataclass
 class EnsureResult:
     created: bool = False
+    state_set: bool = False  # the link was up (down) and was set back
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     labels_set: list[str] = field(default_factory=list)
@@ -158,8 +159,8 @@ class EnsureResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.added or self.removed or self.labels_set
-                     or self.sysctls_set)
+        return bool(self.created or self.state_set or self.added or self.removed
+                    or self.labels_set or self.sysctls_set)
 
 
 class Rtnl:
@@ -340,6 +341,7 @@ def ensure(name: str, vips: Iterable[object], label: int | None = None,
         try:
             if link.up != up:
                 rt.set_up(link.ifindex, up)
+                result.state_set = True
             have = rt.addresses(link.ifindex)
             keep: set[tuple[int, str]] = set()
             for addr in have:

@@ -146,6 +146,11 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         yield from _proxy(snap["proxy"], snap["backends"])
     if snap.get("ipvs") is not None:
         yield from _ipvs(snap["ipvs"])
+    if snap.get("dummy"):
+        yield _one(_gauge("ipvslb_dummy_watching", "1 while changes to the dummy link by others "
+                          "are followed (virtual-servers mode)"), int(snap["dummy"]["watching"]))
+        yield _one(_counter("ipvslb_dummy_repairs", "times the dummy link was restored after "
+                            "someone else changed it"), snap["dummy"]["repairs"])
 
 
 def _one(family: GaugeMetricFamily | CounterMetricFamily, value: float) -> Metric:

@@ -74,6 +74,16 @@ class KeepalivedView:
 
 
 @dataclass
+class DummyView:
+    """Virtual-servers mode: ipvslb's dummy link and its repairs after foreign changes."""
+    name: str
+    watching: bool
+    repairs: int
+    last_repair: float | None
+    refused: str | None  # why the link is not repaired (not ipvslb's), or None
+
+
+@dataclass
 class LocalApiserver:
     enabled: bool
     healthy: bool | None
@@ -129,6 +139,7 @@ class Snapshot:
     proxy: ProxyView | None = None
     ipvs: list[IpvsService] | None = None
     iptables_rules: list[str] | None = None
+    dummy: DummyView | None = None
     problems: list[str] = field(default_factory=list)
     schema: str = SCHEMA
     version: str = __version__
@@ -175,6 +186,10 @@ def problems(snap: Snapshot) -> list[str]:
         out.append("no backends")
     if snap.source.get("retrying"):
         out.append(f"endpoint watch is retrying: {snap.source.get('lastError') or 'error'}")
+    if snap.dummy is not None and snap.dummy.refused:
+        out.append(f"{snap.dummy.name} is not repaired: {snap.dummy.refused}")
+    elif snap.dummy is not None and not snap.dummy.watching:
+        out.append(f"{snap.dummy.name} is not watched (changes by others go unrepaired)")
     if snap.local_apiserver.enabled and snap.local_apiserver.healthy is False:
         out.append("the local apiserver is unhealthy (this node may not hold the VIP)")
     return out
@@ -286,7 +301,7 @@ async def build(agent: Agent, tracker: VrrpTracker, rules: bool = True) -> Snaps
             kad.started_at if kad else None, kad.restarts if kad else 0,
             kad.reloads if kad else 0, kad.last_exit_code if kad else None),
         local_apiserver=_local(agent), proxy=_proxy(agent), ipvs=ipvs,
-        iptables_rules=iptables_rules)
+        iptables_rules=iptables_rules, dummy=_dummy(agent))
     snap.problems = problems(snap)
     return snap
 
@@ -353,3 +368,11 @@ def _proxy(agent: Agent) -> ProxyView | None:
     st = agent.proxy.stats()
     return ProxyView(st.listen, st.active, st.total, st.rejected, st.failed,
                      st.bytes_to_backends, st.bytes_to_clients)
+
+
+def _dummy(agent: Agent) -> DummyView | None:
+    watch = agent.dummy_watch
+    if watch is None:
+        return None
+    return DummyView(watch.name, watch.watching, agent.dummy_repairs, agent.dummy_last_repair,
+                     agent.dummy_refused)

@@ -12,8 +12,10 @@ scaled (IPVSLB_TIMEOUT_SCALE, 8 in the guest).
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +23,10 @@ import pytest
 
 from ipvslb.config import Role
 from ipvslb.lab.nslab import Lab, wait_for
+from ipvslb.lab.procs import sh
 from ipvslb.lab.topology import LabMode
 from tests.e2e.conftest import running_lab
-from tests.support.agentstatus import metrics, status, unknown_to
+from tests.support.agentstatus import metrics, sample, status, unknown_to
 
 pytestmark = pytest.mark.kernel
 
@@ -145,3 +148,68 @@ def test_virtual_servers_end_to_end(vs_lab: Lab) -> None:
         left = lab.addresses(netns) or []
         assert f"{lab.vip}/24" not in left and lab.controller(node).addresses[0] in left, node
         assert not (lab.state_dir / "nodes" / node / "run").exists(), node
+
+
+def dummy_link(lab: Lab, node: str) -> dict[str, object] | None:
+    """`ip -j -d link show dummyvip0` in the node's namespace (None: no such link)."""
+    out = sh("ip", "-j", "-d", "-n", lab.controller(node).netns, "link", "show", "dummyvip0",
+             check=False)
+    return json.loads(out)[0] if out.strip() else None
+
+
+def is_ours(link: dict[str, object] | None) -> bool:
+    info = link.get("linkinfo") if link else None
+    return isinstance(info, dict) and info.get("info_kind") == "dummy" and \
+        "UP" not in link.get("flags", [])  # type: ignore[union-attr, operator]
+
+
+def test_dummy_link_changed_by_someone_else_is_repaired(vs_lab: Lab) -> None:
+    # issue 15: a network manager re-applying interfaces, `ip addr flush`, `ip link del`. A
+    # backup without the VIP on dummyvip0 drops the DR traffic the master sends it.
+    lab = vs_lab
+    master = lab.wait_settled()
+    node = next(n for n in lab.names() if n != master)
+    netns = lab.controller(node).netns
+    vip32 = f"{lab.vip}/32"
+    repaired = lambda: lab.dummy_addresses(node) == [vip32] and is_ours(  # noqa: E731
+        dummy_link(lab, node))
+    assert repaired()
+    took = {}
+    for what, argv in [
+        ("ip addr del", ["addr", "del", vip32, "dev", "dummyvip0"]),
+        ("ip addr flush", ["addr", "flush", "dev", "dummyvip0"]),
+        ("ip link set up", ["link", "set", "dummyvip0", "up"]),
+        ("ip link del", ["link", "del", "dummyvip0"]),
+    ]:
+        began = time.monotonic()
+        sh("ip", "-n", netns, *argv)
+        wait_for(repaired, 10, f"{node}'s dummyvip0 repaired after {what}", interval=0.01)
+        took[what] = time.monotonic() - began
+    print("dummyvip0 repaired after: " + ", ".join(f"{w} {s * 1000:.0f} ms"
+                                                   for w, s in took.items()))
+    code, snap = status(lab, node)
+    assert code == 0 and snap["dummy"]["watching"] and snap["dummy"]["repairs"] >= 4, snap
+    agent = lab.proc("agent", node)
+    assert agent is not None
+    assert agent.output().count("event=dummy_repaired") == snap["dummy"]["repairs"]
+    m = metrics(lab, node)
+    assert sample(m, "ipvslb_dummy_repairs_total") == snap["dummy"]["repairs"]
+    # the backup still takes its share of the DR traffic
+    assert {f.name for f in lab.fetch_round(rounds=2, timeout=10)} == set(lab.names())
+
+    # a foreign link of that name (swapped in while the agent is frozen) is never fought over
+    assert agent.signal(signal.SIGSTOP)
+    try:
+        sh("ip", "-n", netns, "link", "del", "dummyvip0")
+        sh("ip", "-n", netns, "link", "add", "dummyvip0", "type", "bridge")
+    finally:
+        agent.signal(signal.SIGCONT)
+    wait_for(lambda: status(lab, node)[0] == 1, 20, f"{node}'s status to report the link")
+    code, snap = status(lab, node)
+    assert any("dummyvip0 is not repaired" in p for p in snap["problems"]), snap["problems"]
+    link = dummy_link(lab, node)
+    assert link is not None and link["linkinfo"]["info_kind"] == "bridge"  # type: ignore[index]
+    assert agent.output().count("event=dummy_not_repaired") == 1
+    sh("ip", "-n", netns, "link", "del", "dummyvip0")  # gone: ipvslb's own comes back
+    wait_for(repaired, 10, f"{node}'s dummyvip0 back after the foreign link went")
+    wait_for(lambda: status(lab, node)[0] == 0, 20, f"{node}'s status healthy again")

@@ -1,4 +1,4 @@
-"""Proxy benchmark on loopback: direct vs HAProxy (default, splice) vs ipvslb's proxy.
+"""Proxy benchmark on loopback: direct vs HAProxy (default, splice) vs k0s-style vs ipvslb.
 
   .venv/bin/python bench/proxy/run.py [--short] [--variants]
 
@@ -12,6 +12,8 @@ ipvslb's engines auto/copy/splice on asyncio and uvloop, a classic asyncio Proto
 
 Everything runs on 127.0.0.1 with three echo/bulk backends (bench/proxy/backends.py) and the
 load generators in bench/proxy/load.py; every process started here is stopped by its pid.
+k0s-style is a small Go proxy with the design of k0s's userspace load balancer
+(bench/proxy/k0s_style/main.go), built here with Debian's Go into ~/.cache/ipvslb/bench.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -39,6 +42,12 @@ RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 HOST = "127.0.0.1"
 DEFAULT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+K0S_SRC = HERE / "k0s_style"
+CACHE = Path.home() / ".cache" / "ipvslb"
+K0S_BIN = CACHE / "bench" / "k0s-style"
+# k0s's systemd unit sets LimitNOFILE=999999; the Go proxy holds a splice pipe (2 fds) per
+# direction, 6 fds per proxied connection, so it gets room for the idle test's 9,000.
+K0S_NOFILE = 65_536
 
 HAPROXY_CFG = """\
 defaults
@@ -94,6 +103,46 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+def go_toolchain() -> str:
+    go = "/usr/bin/go" if Path("/usr/bin/go").exists() else shutil.which("go")
+    if go is None:
+        raise SystemExit("bench/proxy: no Go toolchain (tests/setup installs golang-go)")
+    return go
+
+
+def build_k0s_style() -> tuple[Path, str]:
+    """Build bench/proxy/k0s_style when the binary is missing or older than its sources."""
+    go = go_toolchain()
+    version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60
+                             ).stdout.strip()
+    sources = [K0S_SRC / "main.go", K0S_SRC / "go.mod"]
+    newest = max(src.stat().st_mtime for src in sources)
+    if K0S_BIN.exists() and K0S_BIN.stat().st_mtime >= newest:
+        return K0S_BIN, version
+    K0S_BIN.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOCACHE": str(CACHE / "go-build"), "GOPATH": str(CACHE / "gopath"),
+           "GOFLAGS": "", "GOPROXY": "off", "GO111MODULE": "on", "CGO_ENABLED": "0"}
+    tmp = K0S_BIN.with_name(K0S_BIN.name + ".tmp")
+    try:
+        done = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=K0S_SRC,
+                              env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("bench/proxy: building k0s-style timed out after 300 s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench/proxy: building k0s-style with {go} failed: {last}")
+    tmp.replace(K0S_BIN)
+    return K0S_BIN, version
+
+
+def _k0s_limits() -> None:
+    """Runs in the k0s-style child before exec: raise its file limit (root only)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (K0S_NOFILE, K0S_NOFILE))
+    except (ValueError, OSError):
+        pass  # not root: keep the benchmark's limit; the idle test reports what was held
+
+
 def cpu_ns(pid: int) -> int:
     """CPU time of every thread of ``pid`` (ns, from schedstat)."""
     total = 0
@@ -142,6 +191,8 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         cfg.write_text(one_thread + HAPROXY_CFG.format(host=HOST, port=port, extra=extra,
                                                        servers=servers))
         cmd = ["haproxy", "-db", "-f", str(cfg)]
+    elif name == "k0s-style":
+        cmd = [str(K0S_BIN), "-listen", f"{HOST}:{port}", "-backends", ",".join(targets)]
     elif name.startswith("protocol-"):  # protocol-<loop>: the classic Protocol relay
         cmd = [PY, str(HERE / "protocol_relay.py"), "--port", str(port),
                "--loop", name.split("-")[1], *targets]
@@ -150,7 +201,8 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         loop, engine = (parts[1], parts[2]) if len(parts) == 3 else (DEFAULT_LOOP, "auto")
         cmd = [PY, str(HERE / "ipvslb_proxy.py"), "--port", str(port), "--loop", loop,
                "--engine", engine, *targets]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT,
+                            preexec_fn=_k0s_limits if name == "k0s-style" else None)
     try:
         wait_listening(port, proc)
         yield [f"{HOST}:{port}"], proc.pid
@@ -237,29 +289,37 @@ def fmt(result: dict[str, Any]) -> str:
                     for k, v in result.items())
 
 
-def ratios(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, float]:
-    """``name`` relative to HAProxy's defaults (rates: higher is better; the rest: lower)."""
-    base, me = medians["haproxy"], medians[name]
-    out = {
-        "bulk1": me["bulk1"]["gbit_s"] / base["bulk1"]["gbit_s"],
-        "bulk8": me["bulk8"]["gbit_s"] / base["bulk8"]["gbit_s"],
-        "rr1": me["rr1"]["req_s"] / base["rr1"]["req_s"],
-        "rr16": me["rr16"]["req_s"] / base["rr16"]["req_s"],
-        "rr1_p99": me["rr1"]["p99_us"] / base["rr1"]["p99_us"],
-        "rr16_p99": me["rr16"]["p99_us"] / base["rr16"]["p99_us"],
-        "newconn": me["newconn"]["conn_s"] / base["newconn"]["conn_s"],
-        "cpu_bulk8": me["bulk8"]["cpu_ms_per_gb"] / base["bulk8"]["cpu_ms_per_gb"],
-        "cpu_rr16": me["rr16"]["cpu_us_per_req"] / base["rr16"]["cpu_us_per_req"],
-        "cpu_newconn": me["newconn"]["cpu_us_per_conn"] / base["newconn"]["cpu_us_per_conn"],
-    }
-    if name in memory and "haproxy" in memory:
-        out["kb_per_conn"] = memory[name]["kb_per_conn"] / memory["haproxy"]["kb_per_conn"]
+def _ratio(me: dict[str, float], base: dict[str, float], key: str) -> float | None:
+    if key not in me or key not in base or not base[key]:
+        return None  # e.g. CPU of "direct", which has no proxy process
+    return me[key] / base[key]
+
+
+RATIO_KEYS = [  # (ratio name, test, figure); rates: higher is better, the rest lower
+    ("bulk1", "bulk1", "gbit_s"), ("bulk8", "bulk8", "gbit_s"),
+    ("rr1", "rr1", "req_s"), ("rr16", "rr16", "req_s"),
+    ("rr1_p99", "rr1", "p99_us"), ("rr16_p99", "rr16", "p99_us"),
+    ("newconn", "newconn", "conn_s"),
+    ("cpu_bulk1", "bulk1", "cpu_ms_per_gb"), ("cpu_bulk8", "bulk8", "cpu_ms_per_gb"),
+    ("cpu_rr1", "rr1", "cpu_us_per_req"), ("cpu_rr16", "rr16", "cpu_us_per_req"),
+    ("cpu_newconn", "newconn", "cpu_us_per_conn"),
+]
+HIGHER_IS_BETTER = {"bulk1", "bulk8", "rr1", "rr16", "newconn"}
+
+
+def ratios(medians: dict[str, Any], memory: dict[str, Any], name: str,
+           base_name: str = "haproxy") -> dict[str, float | None]:
+    """``name`` relative to ``base_name`` (HAProxy's defaults unless told)."""
+    base, me = medians[base_name], medians[name]
+    out = {key: _ratio(me[test], base[test], figure) for key, test, figure in RATIO_KEYS}
+    if name in memory and base_name in memory:
+        out["kb_per_conn"] = memory[name]["kb_per_conn"] / memory[base_name]["kb_per_conn"]
     return out
 
 
 def targets_met(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, bool]:
     me, ha, sp = medians[name], medians["haproxy"], medians["haproxy-splice"]
-    return {
+    out = {
         "bulk 1 stream >= haproxy-splice": me["bulk1"]["gbit_s"] >= sp["bulk1"]["gbit_s"],
         "bulk 8 streams >= haproxy-splice": me["bulk8"]["gbit_s"] >= sp["bulk8"]["gbit_s"],
         "rr 1 conn rate >= haproxy": me["rr1"]["req_s"] >= ha["rr1"]["req_s"],
@@ -269,7 +329,20 @@ def targets_met(medians: dict[str, Any], memory: dict[str, Any], name: str) -> d
         "new conns >= 0.85x haproxy": me["newconn"]["conn_s"] >= 0.85 * ha["newconn"]["conn_s"],
         "memory/idle conn <= haproxy": (memory[name]["kb_per_conn"]
                                         <= memory["haproxy"]["kb_per_conn"]),
+        "CPU per new conn <= haproxy": (me["newconn"]["cpu_us_per_conn"]
+                                        <= ha["newconn"]["cpu_us_per_conn"]),
     }
+    if "k0s-style" in medians:  # ahead of the Go proxy on every rate and on memory
+        k0s = medians["k0s-style"]
+        for label, test, figure in [("bulk 1 stream", "bulk1", "gbit_s"),
+                                    ("bulk 8 streams", "bulk8", "gbit_s"),
+                                    ("rr 1 conn", "rr1", "req_s"), ("rr 16 conns", "rr16", "req_s"),
+                                    ("new conns", "newconn", "conn_s")]:
+            out[f"{label} >= k0s-style"] = me[test][figure] >= k0s[test][figure]
+        if "k0s-style" in memory:
+            out["memory/idle conn <= k0s-style"] = (memory[name]["kb_per_conn"]
+                                                    <= memory["k0s-style"]["kb_per_conn"])
+    return out
 
 
 def _num(value: float | None, spec: str, scale: float = 1.0) -> str:
@@ -356,13 +429,14 @@ def main() -> None:
     reps = args.reps or (1 if args.short else 5)
     seconds = args.seconds or (1.0 if args.short else 3.0)
     idle_conns = 2_000 if args.short else 9_000
-    subjects = ["direct", "haproxy", "haproxy-splice", "ipvslb"]
+    subjects = ["direct", "haproxy", "haproxy-splice", "k0s-style", "ipvslb"]
     if args.variants:
         # protocol-uvloop is left out: uvloop 0.23 aborted ("double free or corruption")
         # under the new-connection churn with that relay.
         subjects += ["haproxy-1thread", "protocol-asyncio"] + [
             f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
             for engine in ("auto", "copy", "splice")]
+    _, go_version = build_k0s_style()
     loadavg_start = os.getloadavg()[0]
     started = time.time()
     result = measure(subjects, reps, seconds, idle_conns)
@@ -380,6 +454,8 @@ def main() -> None:
             "python": platform.python_version(),
             "haproxy": haproxy_version,
             "ipvslb_loop": DEFAULT_LOOP,
+            "go": go_version,
+            "k0s_style_nofile": K0S_NOFILE if os.geteuid() == 0 else hard,
             "nice": nice,
             "loadavg_start": round(loadavg_start, 2),
             "loadavg_end": round(os.getloadavg()[0], 2),

@@ -1,13 +1,21 @@
 """Figures, ratios, targets and markdown for the proxy benchmark (bench/proxy/run.py).
 
-Every figure is reported as its median with the spread (min–max) over the repetitions;
-``compare`` checks a run against an earlier one: does each median lie within the other
-run's spread, and does any verdict (ahead of / behind HAProxy or k0s-style) flip.
+Every figure is reported as its median with the spread (min–max) over the repetitions.
+Ratios between two subjects are also taken per repetition (the subjects of one repetition
+run minutes apart at most, under the same other load): their min–max shows whether a
+verdict (ahead/behind) is decided in a run. ``compare`` checks a run against an earlier one:
+does each median lie within the other run's spread, and does any decided verdict flip.
+
+Re-render a result file (e.g. after a change to this module), optionally against an
+earlier run:  .venv/bin/python bench/proxy/report.py RESULTS.json [--compare EARLIER.json]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 Spread = dict[str, float]  # {"min", "median", "max"}
@@ -88,6 +96,41 @@ def ratios(medians: dict[str, Any], memory: dict[str, Any], name: str,
     return out
 
 
+def paired_ratios(runs: dict[str, dict[str, list[dict[str, Any]]]], name: str,
+                  base_name: str = "haproxy") -> dict[str, Spread]:
+    """min/median/max over the repetitions of ``name``'s figure / ``base_name``'s figure
+    in the same repetition."""
+    out: dict[str, Spread] = {}
+    for key, test, figure in RATIO_KEYS:
+        pairs = zip(runs[name][test], runs[base_name][test], strict=True)
+        values = [a[figure] / b[figure] for a, b in pairs
+                  if figure in a and figure in b and b[figure]]
+        if values:
+            out[key] = {"min": min(values), "median": statistics.median(values),
+                        "max": max(values)}
+    return out
+
+
+# (row label, subject, base) of the ratio tables
+PAIRS = [("direct", "direct", "haproxy"), ("haproxy-splice", "haproxy-splice", "haproxy"),
+         ("k0s-style", "k0s-style", "haproxy"),
+         ("ipvslb", "ipvslb", "haproxy"), ("ipvslb vs k0s-style", "ipvslb", "k0s-style")]
+
+
+def finish(results: dict[str, Any], previous: dict[str, Any] | None = None,
+           previous_path: str | None = None) -> None:
+    """Add ratios, per-repetition ratios, targets and the comparison to a measured run."""
+    runs, medians, memory = results["runs"], results["medians"], results["memory"]
+    results["ratios"] = {n: ratios(medians, memory, n) for n in medians if n != "haproxy"}
+    if "k0s-style" in medians and "ipvslb" in medians:
+        results["vs_k0s"] = ratios(medians, memory, "ipvslb", "k0s-style")
+    results["paired_ratios"] = {f"{me} vs {base}": paired_ratios(runs, me, base)
+                                for _, me, base in PAIRS if me in runs and base in runs}
+    results["targets"] = targets_met(medians, memory, "ipvslb")
+    if previous is not None:
+        results["comparison"] = {"previous": previous_path, **compare(previous, results)}
+
+
 def targets_met(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, bool]:
     me, ha, sp = medians[name], medians["haproxy"], medians["haproxy-splice"]
     out = {
@@ -116,23 +159,21 @@ def targets_met(medians: dict[str, Any], memory: dict[str, Any], name: str) -> d
     return out
 
 
-def ratio_range(spread: dict[str, Any], memory: dict[str, Any], me: str, base: str,
+def ratio_range(runs: dict[str, Any], memory: dict[str, Any], me: str, base: str,
                 key: str) -> tuple[float, float] | None:
-    """The ratio's range over the two subjects' spreads (worst case: min/max, max/min)."""
-    if key == "kb_per_conn":  # one measurement each
+    """min and max of the per-repetition ratio (memory: one measurement each)."""
+    if key == "kb_per_conn":
         if me not in memory or base not in memory:
             return None
         r = memory[me]["kb_per_conn"] / memory[base]["kb_per_conn"]
         return r, r
-    test, figure = next((t, f) for k, t, f in RATIO_KEYS if k == key)
-    a, b = spread[me][test].get(figure), spread[base][test].get(figure)
-    if a is None or b is None or not b["min"]:
-        return None
-    return a["min"] / b["max"], a["max"] / b["min"]
+    paired = paired_ratios(runs, me, base).get(key)
+    return None if paired is None else (paired["min"], paired["max"])
 
 
 def verdict(key: str, low: float, high: float) -> str:
-    """ahead/behind when the ratio's whole range is on one side of 1, else undecided."""
+    """ahead/behind when the ratio in every repetition is on one side of 1, else undecided
+    (with 5 repetitions: all 5 the same way, a sign test at p = 1/16)."""
     if low > 1 or high < 1:
         return "ahead" if (low > 1) == (key in RATES) else "behind"
     return "undecided"
@@ -171,8 +212,8 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]
         r2 = ratios(med_now, mem_now, me, base)
         for key in RATIO_ORDER:
             x, y = r1.get(key), r2.get(key)
-            range1 = ratio_range(before, mem_before, me, base, key)
-            range2 = ratio_range(now, mem_now, me, base, key)
+            range1 = ratio_range(previous["runs"], mem_before, me, base, key)
+            range2 = ratio_range(current["runs"], mem_now, me, base, key)
             if x is None or y is None or range1 is None or range2 is None:
                 continue
             v1, v2 = verdict(key, *range1), verdict(key, *range2)
@@ -209,12 +250,23 @@ def _ratio_cell(r: float | None) -> str:
     return "–" if r is None else f"{r:.2f}"
 
 
-def _ratio_table(rows: list[tuple[str, dict[str, float | None]]]) -> list[str]:
-    lines = ["| subject | " + " | ".join(RATIO_LABELS[k] for k in RATIO_ORDER) + " |",
-             "|---" * (len(RATIO_ORDER) + 1) + "|"]
-    for label, r in rows:
-        lines.append(f"| {label} | " + " | ".join(_ratio_cell(r.get(k)) for k in RATIO_ORDER)
-                     + " |")
+def _ratio_table(report: dict[str, Any]) -> list[str]:
+    """Rows: ratios; columns: subject pairs; cell: ratio of the medians, (min–max) of the
+    per-repetition ratios beside it."""
+    paired = report.get("paired_ratios", {})
+    columns = [(label, me, base) for label, me, base in PAIRS if f"{me} vs {base}" in paired]
+    lines = ["| ratio | " + " | ".join(label for label, *_ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for key in RATIO_ORDER:
+        cells = []
+        for _label, me, base in columns:
+            med = report["vs_k0s"] if base == "k0s-style" else report["ratios"].get(me, {})
+            pr = paired[f"{me} vs {base}"].get(key)
+            cell = _ratio_cell(med.get(key))
+            if pr is not None and pr["min"] != pr["max"]:
+                cell += f" ({pr['min']:.2f}–{pr['max']:.2f})"
+            cells.append(cell)
+        lines.append(f"| {RATIO_LABELS[key]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -310,12 +362,11 @@ def markdown(report: dict[str, Any]) -> str:
     for name, m in mem.items():
         lines.append(f"| {name} | {m['rss_base_mb']:.1f} → {m['rss_mb']:.1f} | {m['held']} "
                      f"| {m['kb_per_conn']:.2f} |")
-    rows = [(n, r) for n, r in report["ratios"].items()]
-    if report.get("vs_k0s"):
-        rows.append(("**ipvslb vs k0s-style**", report["vs_k0s"]))
-    lines += ["", "## Ratios to HAProxy (defaults), of the medians", "",
-              "Rates: higher is better. p99 latency, CPU and memory: lower is better. The last "
-              "line is ipvslb relative to k0s-style.", "", *_ratio_table(rows)]
+    lines += ["", "## Ratios to HAProxy (defaults)", "",
+              "Each cell: the ratio of the medians, then (min–max) of the ratio taken within "
+              "each repetition. Rates: higher is better; p99 latency, CPU and memory: lower is "
+              "better. The last column is ipvslb relative to k0s-style.", "",
+              *_ratio_table(report)]
     lines += ["", "## Targets (ipvslb's proxy, default settings)", ""]
     for target, ok in report["targets"].items():
         lines.append(f"- {'met' if ok else 'MISSED'}: {target}")
@@ -335,8 +386,8 @@ def _comparison_markdown(c: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"Of {n} figures: {c['counts']['agree']} agree, {c['counts']['overlap']} overlap, "
         f"{c['counts']['differ']} differ.",
         "",
-        "A verdict (ahead/behind) is decided in a run when the ratio's whole range over the "
-        "two subjects' spreads (min/max … max/min) is on one side of 1, else undecided. "
+        "A verdict (ahead/behind) is decided in a run when the per-repetition ratio is on "
+        "the same side of 1 in every repetition, else undecided. "
         "Flipped (decided both times, opposite ways): "
         + (", ".join(c["flips"]) if c["flips"] else "none") + ". Undecided in at least one "
         "run: " + (", ".join(c["undecided"]) if c["undecided"] else "none") + ".",
@@ -376,3 +427,22 @@ def _comparison_markdown(c: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         if any(cell != "–" for cell in cells):
             lines.append(f"| {RATIO_LABELS[key]} | " + " | ".join(cells) + " |")
     return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="re-render a proxy benchmark result file")
+    ap.add_argument("results", help="RESULTS.json written by bench/proxy/run.py")
+    ap.add_argument("--compare", metavar="JSON", help="an earlier run to compare with")
+    args = ap.parse_args()
+    path = Path(args.results)
+    results = json.loads(path.read_text())
+    if "spread" not in results:  # written before the spread fields
+        results["spread"] = spreads(results["runs"])
+    previous = json.loads(Path(args.compare).read_text()) if args.compare else None
+    finish(results, previous, args.compare)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

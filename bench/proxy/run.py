@@ -422,14 +422,7 @@ def main() -> None:
         },
         **result,
     }
-    medians, memory = result["medians"], result["memory"]
-    results["ratios"] = {n: report.ratios(medians, memory, n)
-                         for n in subjects if n != "haproxy"}
-    if "k0s-style" in subjects:
-        results["vs_k0s"] = report.ratios(medians, memory, "ipvslb", "k0s-style")
-    results["targets"] = report.targets_met(medians, memory, "ipvslb")
-    if previous is not None:
-        results["comparison"] = {"previous": args.compare, **report.compare(previous, results)}
+    report.finish(results, previous, args.compare)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

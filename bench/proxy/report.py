@@ -232,6 +232,8 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]
         # decided in both runs, opposite ways: the verdict flipped
         "flips": [f"{v['pair']} {RATIO_LABELS[v['ratio']]}" for v in verdicts
                   if {v["previous_verdict"], v["current_verdict"]} == decided],
+        "stable": [f"{v['pair']} {RATIO_LABELS[v['ratio']]}: {v['current_verdict']}"
+                   for v in verdicts if v["same"] and v["current_verdict"] in decided],
         "undecided": [f"{v['pair']} {RATIO_LABELS[v['ratio']]}" for v in verdicts
                       if "undecided" in (v["previous_verdict"], v["current_verdict"])],
     }
@@ -275,6 +277,9 @@ def markdown(report: dict[str, Any]) -> str:
     pin = meta["pinning"]
     reps = meta["reps"]
     load_avg = f"{meta['loadavg_start']} → {meta['loadavg_end']}"
+    if meta.get("loadavg_by_rep"):
+        load_avg += " (at the start of each repetition: " + ", ".join(
+            f"{la[0]}" for la in meta["loadavg_by_rep"]) + ")"
     lines = [
         "# Proxy benchmark (loopback)",
         "",
@@ -284,6 +289,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{meta['nice']} · {meta['haproxy']} · {meta['go']} · Python {meta['python']} "
         f"· kernel {meta['kernel']} · ipvslb = engine auto on {meta['ipvslb_loop']}",
         "",
+        *([f"Note: {meta['note']}", ""] if meta.get("note") else []),
+        *([_comparison_summary(report["comparison"]), ""] if "comparison" in report else []),
         "Each figure: median over the repetitions, (min–max) beside it. Threads of each proxy "
         "(all counted in its CPU): "
         + ", ".join(f"{n} {t}" for n, t in meta["threads"].items()) + ".",
@@ -375,6 +382,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _comparison_summary(c: dict[str, Any]) -> str:
+    counts = c["counts"]
+    n = sum(counts.values())
+    runs_agree = "the two runs agree within their spread" if counts["differ"] == 0 else (
+        f"the two runs do not agree: {counts['differ']} figures have disjoint ranges")
+    return (f"**Two runs** (this one and {c['previous_date']}): of {n} figures "
+            f"{counts['agree']} agree, {counts['overlap']} overlap, {counts['differ']} differ "
+            f"— {runs_agree}; {len(c['flips'])} decided verdicts flipped. Verdicts decided "
+            "the same way in both runs: " + ("; ".join(c.get("stable", [])) or "none")
+            + ". Details at the end.")
+
+
 def _comparison_markdown(c: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     n = sum(c["counts"].values())
     lines = [
@@ -433,12 +452,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="re-render a proxy benchmark result file")
     ap.add_argument("results", help="RESULTS.json written by bench/proxy/run.py")
     ap.add_argument("--compare", metavar="JSON", help="an earlier run to compare with")
+    ap.add_argument("--note", help="a remark on the run's conditions, kept in meta")
     args = ap.parse_args()
     path = Path(args.results)
     results = json.loads(path.read_text())
     if "spread" not in results:  # written before the spread fields
         results["spread"] = spreads(results["runs"])
     previous = json.loads(Path(args.compare).read_text()) if args.compare else None
+    if args.note is not None:
+        results["meta"]["note"] = args.note
     finish(results, previous, args.compare)
     path.write_text(json.dumps(results, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown(results))

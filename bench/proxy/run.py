@@ -365,6 +365,7 @@ def main() -> None:
                     help="do not pin the proxy under test and the load to separate CPUs")
     ap.add_argument("--compare", metavar="JSON",
                     help="an earlier run's results: report whether the two runs agree")
+    ap.add_argument("--note", help="a remark on the run's conditions, kept in meta")
     ap.add_argument("--out", help="results path without suffix (default: bench/results/proxy, "
                     "proxy-short with --short, proxy-variants with --variants)")
     args = ap.parse_args()
@@ -419,6 +420,7 @@ def main() -> None:
             "loadavg_end_1_5_15": loadavg_end,
             "loadavg_by_rep": result.pop("loadavg_by_rep"),
             "duration_s": round(time.time() - started, 1),
+            **({"note": args.note} if args.note else {}),
         },
         **result,
     }

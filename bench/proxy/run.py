@@ -1,17 +1,22 @@
-"""Proxy benchmark on loopback: direct vs HAProxy (default, splice) vs ipvslb's proxy.
+"""Proxy benchmark on loopback: direct vs HAProxy (default, splice) vs k0s-style vs ipvslb.
 
-  .venv/bin/python bench/proxy/run.py [--short] [--variants]
+  .venv/bin/python bench/proxy/run.py [--short] [--variants] [--compare EARLIER.json]
 
 One run measures every subject, repetitions interleaved: download throughput (1 and 8
 streams), 64-byte request/response (1 and 16 connections, p50/p99 latency), new connections
-per second (8 concurrent clients), the proxy's own CPU per GB/request/connection, and its RSS
-holding 9,000 idle connections. Results: bench/results/proxy.{json,md} (full mode, about 10
-minutes), proxy-short.* (--short, CI, under a minute), proxy-variants.* (--variants: also
+per second (8 concurrent clients), the proxy's own CPU per GB/request/connection (the
+headline), and its RSS holding 9,000 idle connections. Every figure is reported as the median
+with min–max over the repetitions. With 2 or more CPUs the proxy under test runs alone on
+the last CPU (taskset) and the backends, load generators and this script on the others.
+Results: bench/results/proxy.{json,md} (full mode, about 12 minutes), proxy-short.* (--short,
+CI, about a minute), proxy-variants.* (--variants: also
 ipvslb's engines auto/copy/splice on asyncio and uvloop, a classic asyncio Protocol relay
 (bench/proxy/protocol_relay.py) on asyncio, and HAProxy with one thread).
 
 Everything runs on 127.0.0.1 with three echo/bulk backends (bench/proxy/backends.py) and the
 load generators in bench/proxy/load.py; every process started here is stopped by its pid.
+k0s-style is a small Go proxy with the design of k0s's userspace load balancer
+(bench/proxy/k0s_style/main.go), built here with Debian's Go into ~/.cache/ipvslb/bench.
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -39,6 +47,13 @@ RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 HOST = "127.0.0.1"
 DEFAULT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+K0S_SRC = HERE / "k0s_style"
+CACHE = Path.home() / ".cache" / "ipvslb"
+K0S_BIN = CACHE / "bench" / "k0s-style"
+# k0s's systemd unit sets LimitNOFILE=999999; the Go proxy holds a splice pipe (2 fds) per
+# direction, 6 fds per proxied connection, so it is given room for the idle test's 9,000
+# where the benchmark may raise the hard limit (CAP_SYS_RESOURCE); meta records the limit.
+K0S_NOFILE = 65_536
 
 HAPROXY_CFG = """\
 defaults
@@ -94,6 +109,87 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+def go_toolchain() -> str:
+    go = "/usr/bin/go" if Path("/usr/bin/go").exists() else shutil.which("go")
+    if go is None:
+        raise SystemExit("bench/proxy: no Go toolchain (tests/setup installs golang-go)")
+    return go
+
+
+def build_k0s_style() -> tuple[Path, str]:
+    """Build bench/proxy/k0s_style when the binary is missing or older than its sources."""
+    go = go_toolchain()
+    version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60
+                             ).stdout.strip()
+    sources = [K0S_SRC / "main.go", K0S_SRC / "go.mod"]
+    newest = max(src.stat().st_mtime for src in sources)
+    if K0S_BIN.exists() and K0S_BIN.stat().st_mtime >= newest:
+        return K0S_BIN, version
+    K0S_BIN.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOCACHE": str(CACHE / "go-build"), "GOPATH": str(CACHE / "gopath"),
+           "GOFLAGS": "", "GOPROXY": "off", "GO111MODULE": "on", "CGO_ENABLED": "0"}
+    tmp = K0S_BIN.with_name(K0S_BIN.name + ".tmp")
+    try:
+        done = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=K0S_SRC,
+                              env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("bench/proxy: building k0s-style timed out after 300 s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench/proxy: building k0s-style with {go} failed: {last}")
+    tmp.replace(K0S_BIN)
+    return K0S_BIN, version
+
+
+def _k0s_limits() -> None:
+    """Runs in the k0s-style child before exec: raise its file limit if allowed."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (K0S_NOFILE, K0S_NOFILE))
+    except (ValueError, OSError):
+        pass  # keep the benchmark's limit; the idle test reports what was held
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """CPUs of the proxy under test and of everything else (None: not pinned)."""
+
+    subject_cpus: list[int] | None
+    load_cpus: list[int] | None
+    note: str
+
+    def command(self, cmd: list[str]) -> list[str]:
+        """``cmd`` started on the subject's CPUs (taskset execs it: same pid)."""
+        if self.subject_cpus is None:
+            return cmd
+        return ["taskset", "-c", ",".join(map(str, self.subject_cpus)), *cmd]
+
+    def apply_to_self(self) -> None:
+        """Move this script, and so every child it starts unpinned, to the load CPUs."""
+        if self.load_cpus is not None:
+            os.sched_setaffinity(0, self.load_cpus)
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"subject_cpus": self.subject_cpus, "load_cpus": self.load_cpus,
+                "note": self.note}
+
+
+def plan_pinning(enabled: bool) -> Pinning:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled:
+        return Pinning(None, None, "not pinned (--no-pin)")
+    if len(cpus) < 2:
+        return Pinning(None, None, f"not pinned: only {len(cpus)} CPU available, the proxy "
+                       "shares it with the load generators and backends")
+    if shutil.which("taskset") is None:
+        return Pinning(None, None, "not pinned: no taskset (util-linux)")
+    subject_cpus, load_cpus = cpus[-1:], cpus[:-1]
+    return Pinning(subject_cpus, load_cpus,
+                   f"proxy under test pinned to CPU {subject_cpus[0]} (taskset -c "
+                   f"{subject_cpus[0]}), backends + load generators + this script to CPU "
+                   f"{','.join(map(str, load_cpus))} (sched_setaffinity); other work on the "
+                   "machine is not kept off either")
+
+
 def cpu_ns(pid: int) -> int:
     """CPU time of every thread of ``pid`` (ns, from schedstat)."""
     total = 0
@@ -127,8 +223,9 @@ def backends() -> Iterator[list[str]]:
 
 
 @contextmanager
-def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list[str], int | None]]:
-    """Start subject ``name``; yields (addresses to load, pid of the proxy or None)."""
+def subject(name: str, targets: list[str], workdir: Path,
+            pinning: Pinning) -> Iterator[tuple[list[str], int | None]]:
+    """Start subject ``name`` on the subject CPUs; yields (addresses to load, pid or None)."""
     if name == "direct":
         yield targets, None
         return
@@ -142,6 +239,8 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         cfg.write_text(one_thread + HAPROXY_CFG.format(host=HOST, port=port, extra=extra,
                                                        servers=servers))
         cmd = ["haproxy", "-db", "-f", str(cfg)]
+    elif name == "k0s-style":
+        cmd = [str(K0S_BIN), "-listen", f"{HOST}:{port}", "-backends", ",".join(targets)]
     elif name.startswith("protocol-"):  # protocol-<loop>: the classic Protocol relay
         cmd = [PY, str(HERE / "protocol_relay.py"), "--port", str(port),
                "--loop", name.split("-")[1], *targets]
@@ -150,7 +249,8 @@ def subject(name: str, targets: list[str], workdir: Path) -> Iterator[tuple[list
         loop, engine = (parts[1], parts[2]) if len(parts) == 3 else (DEFAULT_LOOP, "auto")
         cmd = [PY, str(HERE / "ipvslb_proxy.py"), "--port", str(port), "--loop", loop,
                "--engine", engine, *targets]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(pinning.command(cmd), stdout=subprocess.DEVNULL, cwd=ROOT,
+                            preexec_fn=_k0s_limits if name == "k0s-style" else None)
     try:
         wait_listening(port, proc)
         yield [f"{HOST}:{port}"], proc.pid
@@ -193,15 +293,33 @@ def idle_rss(addresses: list[str], pid: int, conns: int) -> dict[str, float]:
     }
 
 
-def measure(subjects: list[str], reps: int, seconds: float, idle_conns: int) -> dict[str, Any]:
+def proxy_info(pid: int) -> dict[str, Any]:
+    """Threads, CPU affinity and file limit of a started proxy (what pinning etc. did)."""
+    nofile = resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
+    return {"threads": len(list(Path(f"/proc/{pid}/task").iterdir())),
+            "cpus": sorted(os.sched_getaffinity(pid)), "nofile": nofile}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def measure(subjects: list[str], reps: int, seconds: float, idle_conns: int,
+            pinning: Pinning) -> dict[str, Any]:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {t: [] for t, _ in TESTS}
                                                          for s in subjects}
     memory: dict[str, dict[str, float]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    loadavg_by_rep: list[list[float]] = []
     with tempfile.TemporaryDirectory() as tmp, backends() as targets:
         workdir = Path(tmp)
         for rep in range(reps):
-            for name in subjects:
-                with subject(name, targets, workdir) as (addresses, pid):
+            loadavg_by_rep.append(loadavg())
+            order = subjects[rep % len(subjects):] + subjects[:rep % len(subjects)]
+            for name in order:
+                with subject(name, targets, workdir, pinning) as (addresses, pid):
+                    if pid and name not in info:
+                        info[name] = proxy_info(pid)
                     for test, args in TESTS:
                         before = cpu_ns(pid) if pid else 0
                         result = load(args, addresses, seconds)
@@ -219,120 +337,18 @@ def measure(subjects: list[str], reps: int, seconds: float, idle_conns: int) -> 
         for name in subjects:
             if name == "direct":
                 continue
-            with subject(name, targets, workdir) as (addresses, pid):
+            with subject(name, targets, workdir, pinning) as (addresses, pid):
                 assert pid is not None
                 memory[name] = idle_rss(addresses, pid, idle_conns)
                 print(f"idle {name:24} {fmt(memory[name])}", file=sys.stderr, flush=True)
-    medians: dict[str, dict[str, dict[str, float]]] = {}
-    for name, tests in runs.items():
-        medians[name] = {}
-        for test, results in tests.items():
-            keys = results[0].keys()
-            medians[name][test] = {k: statistics.median(r[k] for r in results) for k in keys}
-    return {"runs": runs, "medians": medians, "memory": memory}
+    spread = report.spreads(runs)
+    return {"runs": runs, "medians": report.medians_of(spread), "spread": spread,
+            "memory": memory, "proxies": info, "loadavg_by_rep": loadavg_by_rep}
 
 
 def fmt(result: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in result.items())
-
-
-def ratios(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, float]:
-    """``name`` relative to HAProxy's defaults (rates: higher is better; the rest: lower)."""
-    base, me = medians["haproxy"], medians[name]
-    out = {
-        "bulk1": me["bulk1"]["gbit_s"] / base["bulk1"]["gbit_s"],
-        "bulk8": me["bulk8"]["gbit_s"] / base["bulk8"]["gbit_s"],
-        "rr1": me["rr1"]["req_s"] / base["rr1"]["req_s"],
-        "rr16": me["rr16"]["req_s"] / base["rr16"]["req_s"],
-        "rr1_p99": me["rr1"]["p99_us"] / base["rr1"]["p99_us"],
-        "rr16_p99": me["rr16"]["p99_us"] / base["rr16"]["p99_us"],
-        "newconn": me["newconn"]["conn_s"] / base["newconn"]["conn_s"],
-        "cpu_bulk8": me["bulk8"]["cpu_ms_per_gb"] / base["bulk8"]["cpu_ms_per_gb"],
-        "cpu_rr16": me["rr16"]["cpu_us_per_req"] / base["rr16"]["cpu_us_per_req"],
-        "cpu_newconn": me["newconn"]["cpu_us_per_conn"] / base["newconn"]["cpu_us_per_conn"],
-    }
-    if name in memory and "haproxy" in memory:
-        out["kb_per_conn"] = memory[name]["kb_per_conn"] / memory["haproxy"]["kb_per_conn"]
-    return out
-
-
-def targets_met(medians: dict[str, Any], memory: dict[str, Any], name: str) -> dict[str, bool]:
-    me, ha, sp = medians[name], medians["haproxy"], medians["haproxy-splice"]
-    return {
-        "bulk 1 stream >= haproxy-splice": me["bulk1"]["gbit_s"] >= sp["bulk1"]["gbit_s"],
-        "bulk 8 streams >= haproxy-splice": me["bulk8"]["gbit_s"] >= sp["bulk8"]["gbit_s"],
-        "rr 1 conn rate >= haproxy": me["rr1"]["req_s"] >= ha["rr1"]["req_s"],
-        "rr 16 conns rate >= haproxy": me["rr16"]["req_s"] >= ha["rr16"]["req_s"],
-        "rr 1 conn p99 <= haproxy": me["rr1"]["p99_us"] <= ha["rr1"]["p99_us"],
-        "rr 16 conns p99 <= haproxy": me["rr16"]["p99_us"] <= ha["rr16"]["p99_us"],
-        "new conns >= 0.85x haproxy": me["newconn"]["conn_s"] >= 0.85 * ha["newconn"]["conn_s"],
-        "memory/idle conn <= haproxy": (memory[name]["kb_per_conn"]
-                                        <= memory["haproxy"]["kb_per_conn"]),
-    }
-
-
-def _num(value: float | None, spec: str, scale: float = 1.0) -> str:
-    return "–" if value is None else format(value / scale, spec)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    med, mem, meta = report["medians"], report["memory"], report["meta"]
-    lines = [
-        "# Proxy benchmark (loopback)",
-        "",
-        f"{meta['date']} · {meta['mode']} mode · medians of {meta['reps']} × {meta['seconds']} s "
-        f"per test, subjects interleaved · {meta['cpus']} CPUs shared with other work (load "
-        f"average {meta['loadavg_start']} → {meta['loadavg_end']}) · benchmark processes at "
-        f"nice {meta['nice']} · {meta['haproxy']} (nbthread = CPUs) · Python {meta['python']} "
-        f"· kernel {meta['kernel']} · ipvslb = engine auto on {meta['ipvslb_loop']}",
-        "",
-        "Three backends on 127.0.0.1 (one Python epoll process each); load generators are "
-        "Python processes on the same cores (bench/proxy/load.py). Bulk = download (backend "
-        "→ client); rr = 64-byte request/response with one request in flight per connection; "
-        "new conn = connect, 64-byte echo, close, 8 clients in parallel. CPU = the proxy "
-        "process's own CPU time (all threads) per unit of work: less sensitive to the other "
-        "load on these shared cores than the rates.",
-        "",
-        "| subject | bulk 1 Gbit/s | bulk 8 Gbit/s | rr 1 req/s | p50/p99 µs | rr 16 req/s "
-        "| p50/p99 µs | new conn/s | CPU ms/GB (bulk 8) | CPU µs/req (rr 1 / 16) "
-        "| CPU µs/conn | idle RSS MB (conns held) | KB/idle conn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in med.items():
-        memo = mem.get(name)
-        lines.append(
-            f"| {name} | {m['bulk1']['gbit_s']:.1f} | {m['bulk8']['gbit_s']:.1f} "
-            f"| {m['rr1']['req_s'] / 1000:.1f}k "
-            f"| {m['rr1']['p50_us']:.0f}/{m['rr1']['p99_us']:.0f} "
-            f"| {m['rr16']['req_s'] / 1000:.1f}k "
-            f"| {m['rr16']['p50_us']:.0f}/{m['rr16']['p99_us']:.0f} "
-            f"| {m['newconn']['conn_s'] / 1000:.2f}k "
-            f"| {_num(m['bulk8'].get('cpu_ms_per_gb'), '.0f')} "
-            f"| {_num(m['rr1'].get('cpu_us_per_req'), '.1f')} / "
-            f"{_num(m['rr16'].get('cpu_us_per_req'), '.1f')} "
-            f"| {_num(m['newconn'].get('cpu_us_per_conn'), '.0f')} | "
-            + (f"{memo['rss_mb']:.1f} ({memo['held']}) | {memo['kb_per_conn']:.2f} |"
-               if memo else "– | – |")
-        )
-    lines += [
-        "", "## Ratios to HAProxy (defaults)", "",
-        "Rates: higher is better. p99 latency, CPU and memory: lower is better.", "",
-        "| subject | bulk 1 | bulk 8 | rr 1 | rr 16 | p99 rr 1 | p99 rr 16 | new conns "
-        "| CPU bulk 8 | CPU rr 16 | CPU new conn | memory/idle conn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in report["ratios"].items():
-        lines.append(
-            f"| {name} | {r['bulk1']:.2f} | {r['bulk8']:.2f} | {r['rr1']:.2f} | {r['rr16']:.2f} "
-            f"| {r['rr1_p99']:.2f} | {r['rr16_p99']:.2f} | {r['newconn']:.2f} "
-            f"| {r['cpu_bulk8']:.2f} | {r['cpu_rr16']:.2f} | {r['cpu_newconn']:.2f} "
-            f"| {r.get('kb_per_conn', float('nan')):.2f} |"
-        )
-    lines += ["", "## Targets (ipvslb's proxy, default settings)", ""]
-    for target, ok in report["targets"].items():
-        lines.append(f"- {'met' if ok else 'MISSED'}: {target}")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -345,30 +361,42 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
                     help="niceness for every benchmark process (all subjects alike), to "
                          "reduce interference from other work on shared cores")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin the proxy under test and the load to separate CPUs")
+    ap.add_argument("--compare", metavar="JSON",
+                    help="an earlier run's results: report whether the two runs agree")
+    ap.add_argument("--note", help="a remark on the run's conditions, kept in meta")
     ap.add_argument("--out", help="results path without suffix (default: bench/results/proxy, "
                     "proxy-short with --short, proxy-variants with --variants)")
     args = ap.parse_args()
     name = "proxy-variants" if args.variants else "proxy-short" if args.short else "proxy"
     args.out = args.out or str(RESULTS / name)
+    previous = json.loads(Path(args.compare).read_text()) if args.compare else None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nice = os.nice(args.nice - os.nice(0))
     reps = args.reps or (1 if args.short else 5)
     seconds = args.seconds or (1.0 if args.short else 3.0)
     idle_conns = 2_000 if args.short else 9_000
-    subjects = ["direct", "haproxy", "haproxy-splice", "ipvslb"]
+    subjects = ["direct", "haproxy", "haproxy-splice", "k0s-style", "ipvslb"]
     if args.variants:
         # protocol-uvloop is left out: uvloop 0.23 aborted ("double free or corruption")
         # under the new-connection churn with that relay.
         subjects += ["haproxy-1thread", "protocol-asyncio"] + [
             f"ipvslb-{loop}-{engine}" for loop in ("asyncio", "uvloop")
             for engine in ("auto", "copy", "splice")]
-    loadavg_start = os.getloadavg()[0]
+    _, go_version = build_k0s_style()
+    pinning = plan_pinning(not args.no_pin)
+    pinning.apply_to_self()
+    print(f"pinning: {pinning.note}", file=sys.stderr, flush=True)
+    loadavg_start = loadavg()
     started = time.time()
-    result = measure(subjects, reps, seconds, idle_conns)
+    result = measure(subjects, reps, seconds, idle_conns, pinning)
+    loadavg_end = loadavg()
     haproxy_version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True
                                      ).stdout.splitlines()[0]
-    report: dict[str, Any] = {
+    proxies = result.pop("proxies")
+    results: dict[str, Any] = {
         "meta": {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "mode": "short" if args.short else "full",
@@ -380,21 +408,28 @@ def main() -> None:
             "python": platform.python_version(),
             "haproxy": haproxy_version,
             "ipvslb_loop": DEFAULT_LOOP,
+            "go": go_version,
+            "nofile": {n: i["nofile"] for n, i in proxies.items()},
             "nice": nice,
-            "loadavg_start": round(loadavg_start, 2),
-            "loadavg_end": round(os.getloadavg()[0], 2),
+            "pinning": pinning.as_meta(),
+            "threads": {n: i["threads"] for n, i in proxies.items()},
+            "proxy_cpus": {n: i["cpus"] for n, i in proxies.items()},
+            "loadavg_start": loadavg_start[0],
+            "loadavg_end": loadavg_end[0],
+            "loadavg_start_1_5_15": loadavg_start,
+            "loadavg_end_1_5_15": loadavg_end,
+            "loadavg_by_rep": result.pop("loadavg_by_rep"),
             "duration_s": round(time.time() - started, 1),
+            **({"note": args.note} if args.note else {}),
         },
         **result,
     }
-    report["ratios"] = {n: ratios(result["medians"], result["memory"], n)
-                        for n in subjects if n not in ("direct", "haproxy")}
-    report["targets"] = targets_met(result["medians"], result["memory"], "ipvslb")
+    report.finish(results, previous, args.compare)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(report.markdown(results))
+    print(report.markdown(results))
 
 
 if __name__ == "__main__":

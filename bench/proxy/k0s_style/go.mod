@@ -1,0 +1,3 @@
+module ipvslb.bench/k0s-style
+
+go 1.19

@@ -387,15 +387,36 @@ class Agent:
         if self.source is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.source.stop)
-        for checker in (self.health, self.backend_health):
+        if self.keepalived is not None:
+            await self.keepalived.stop()  # first: the VIP moves to a peer (priority 0 advert)
+        if self.proxy is not None:
+            await self._hand_over()
+            await self.proxy.stop(grace=5.0)
+        for checker in (self.health, self.backend_health):  # the proxy used them until now
             if checker is not None:
                 await checker.stop()
-        if self.keepalived is not None:
-            await self.keepalived.stop()
-        if self.proxy is not None:
-            await self.proxy.stop(grace=5.0)
         await asyncio.to_thread(cleanup, self.config, self.facts.interfaces, self.netns, True)
         log.info("stopped; removed what ipvslb added")
+
+
+    async def _hand_over(self) -> None:
+        """Keep the proxy answering for a moment after the VIP was released.
+
+        A client keeps sending to this node's MAC until the new holder's gratuitous ARP reaches
+        it: the peer takes over one skew time after our priority-0 advert and announces itself
+        at once, but a new connection sent here meanwhile would be reset if the proxy had
+        already closed its port. The REDIRECT rule and the proxy stay until then."""
+        delay = handover_seconds(self.config)
+        log.info("VIP released; the proxy keeps answering clients that have not switched yet",
+                 extra={"handover_s": delay})
+        await asyncio.sleep(delay)
+
+
+def handover_seconds(config: Config) -> float:
+    """How long a releasing node keeps serving: three adverts of its slowest instance (a peer
+    takes over within one, plus its gratuitous ARP), and at least one second."""
+    interval = max((i.advert_interval for i in config.vrrp_instances), default=1.0)
+    return max(1.0, 3 * interval)
 
 
 def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = None,

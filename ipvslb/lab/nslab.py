@@ -652,10 +652,12 @@ class Lab:
                 dead.append(f"the agent of {proc.node} exited ({last[-300:]})")
         return "; ".join(dead) or None
 
-    def prober(self, connect_timeout: float = 0.1) -> Prober:
-        """A request loop through the VIP from the client (start it with ``with``)."""
+    def prober(self, connect_timeout: float = 0.1, path: str | None = None) -> Prober:
+        """A request loop through the VIP from the client (start it with ``with``); it GETs
+        ``path`` (default :attr:`probe_path`)."""
         return Prober(self.state.client.netns, self.vip, self.state.api_port, self.sources(),
-                      connect_timeout * time_scale(), 2.0 * time_scale(), path=self.probe_path)
+                      connect_timeout * time_scale(), 2.0 * time_scale(),
+                      path=path or self.probe_path)
 
     def watch(self) -> VipWatch:
         """A VipWatch over the controllers (event-driven: sees every moment of two holders)."""

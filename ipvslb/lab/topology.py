@@ -16,6 +16,7 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from ipvslb.validate import MAX_AUTH_PASS, UNSAFE_CHARS, Problems, Section, vali
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The topology shipped with the project (a clone; not part of an installed wheel).
-DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "lab-topology.yaml"
+# Shipped as package data (a symlink to examples/lab-topology.yaml in the checkout), so an
+# installed ipvslb finds it too.
+DEFAULT_TOPOLOGY = Path(str(resources.files("ipvslb.lab") / "lab-topology.yaml"))
 DEFAULT_INTERFACE = "eth1"  # the private-network NIC of Debian's Vagrant boxes
 K0S_ADMIN_KUBECONFIG = "/var/lib/k0s/pki/admin.conf"
 # A node name is a hostname, a Kubernetes node name, a Vagrant machine name and part of a

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
+import struct
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -76,13 +78,130 @@ class ipvs_daemon(nla):
     )
 
 
+class ipvs_attrs(dict):  # type: ignore[type-arg]
+    """A nest decoded by ``_IPVSCodec``: ``["attrs"]`` is a list of ``[name, value]`` and
+    ``get_attr`` works as on pyroute2's nla objects."""
+
+    def get_attr(self, name: str, default: Any = None) -> Any:
+        for attr in self["attrs"]:
+            if attr[0] == name:
+                return attr[1]
+        return default
+
+
+_SIMPLE = {"uint8": "B", "uint16": "H", "uint32": "I", "uint64": "Q", "be16": ">H",
+           "flags": "II"}
+
+
+def _layout(cls: Any) -> tuple[dict[str, tuple[int, str, Any]], dict[int, tuple[str, str, Any]]]:
+    """name -> (type, kind, nested layout) and type -> (name, kind, nested layout) of
+    ``cls.nla_map``, nested classes (named in nla_map, as pyroute2 resolves them) included."""
+    by_name: dict[str, tuple[int, str, Any]] = {}
+    by_type: dict[int, tuple[str, str, Any]] = {}
+    for atype, (name, kind) in enumerate(cls.nla_map):
+        sub = None
+        if kind.startswith("target("):
+            kind = "target"
+        elif kind not in _SIMPLE and kind not in ("asciiz", "none", "ip4addr", "ip6addr"):
+            sub = _layout(getattr(cls, kind))
+            kind = "nest"
+        by_name[name] = (atype, kind, sub)
+        by_type[atype] = (name, kind, sub)
+    return by_name, by_type
+
+
+_NLA = struct.Struct("=HH")
+
+
+def _family_of(attrs: Sequence[Any]) -> int:
+    for attr in attrs:
+        if attr[0] in ("IPVS_SVC_ATTR_AF", "IPVS_DEST_ATTR_ADDR_FAMILY"):
+            return int(attr[1])
+    return socket.AF_INET
+
+
+def _encode_chain(attrs: Sequence[Any], by_name: dict[str, tuple[int, str, Any]]) -> bytes:
+    out = []
+    for attr in attrs:
+        name, value = attr[0], attr[1]
+        atype, kind, sub = by_name[name]
+        if kind in _SIMPLE:
+            fmt = _SIMPLE[kind]
+            payload = struct.pack(fmt, value["flags"], value["mask"]) if kind == "flags" \
+                else struct.pack(fmt if fmt[0] == ">" else "=" + fmt, value)
+        elif kind == "asciiz":
+            payload = value.encode() + b"\0"
+        elif kind in ("target", "ip4addr", "ip6addr"):
+            family = socket.AF_INET6 if kind == "ip6addr" or (
+                kind == "target" and _family_of(attrs) == socket.AF_INET6) else socket.AF_INET
+            payload = socket.inet_pton(family, value)
+        elif kind == "nest":
+            payload = _encode_chain(value["attrs"], sub[0])
+        else:
+            raise ValueError(f"{name}: cannot encode {kind}")
+        n = 4 + len(payload)
+        out.append(_NLA.pack(n, atype) + payload + b"\0" * (-n & 3))
+    return b"".join(out)
+
+
+def _decode_chain(data: Any, start: int, end: int,
+                  by_type: dict[int, tuple[str, str, Any]]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    family = socket.AF_INET
+    unpack = _NLA.unpack_from
+    while start + 4 <= end:
+        length, atype = unpack(data, start)
+        if length < 4:
+            break
+        p, q = start + 4, start + length
+        start += (length + 3) & ~3
+        spec = by_type.get(atype & 0x3FFF)
+        if spec is None:
+            continue
+        name, kind, sub = spec
+        value: Any
+        if kind == "nest":
+            value = ipvs_attrs(attrs=_decode_chain(data, p, q, sub[1]))
+        elif kind == "flags":
+            flags, mask = struct.unpack_from("=II", data, p)
+            value = {"flags": flags, "mask": mask}
+        elif kind in _SIMPLE:
+            fmt = _SIMPLE[kind]
+            value = struct.unpack_from(fmt if fmt[0] == ">" else "=" + fmt, data, p)[0]
+            if name in ("IPVS_SVC_ATTR_AF", "IPVS_DEST_ATTR_ADDR_FAMILY"):
+                family = value
+        elif kind == "asciiz":
+            value = bytes(data[p:q]).split(b"\0", 1)[0].decode(errors="replace")
+        elif kind in ("target", "ip4addr", "ip6addr"):
+            out.append([name, (p, q, kind)])  # resolved below: the family may come later
+            continue
+        else:
+            continue
+        out.append([name, value])
+    for attr in out:
+        if isinstance(attr[1], tuple):
+            p, q, kind = attr[1]
+            v6 = kind == "ip6addr" or (kind == "target" and family == socket.AF_INET6)
+            attr[1] = socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET,
+                                       bytes(data[p:p + (16 if v6 else 4)]))
+    return out
+
+
 class ipvsmsg(genlmsg):
-    """pyroute2's ``ipvsmsg`` with the corrected nests and the command attributes typed.
+    """pyroute2's ``ipvsmsg`` with the corrected nests, the command attributes typed, and a
+    compiled attribute codec.
 
     pyroute2 declares IPVS_CMD_ATTR_DAEMON and the IPVS_CMD_ATTR_TIMEOUT_* attributes as
     ``hex``: GET_CONFIG answers (the tcp/tcpfin/udp timeouts) and GET_DAEMON answers cannot
     be read and SET_CONFIG / NEW_DAEMON cannot be built. Here they are the kernel's u32s and
     the daemon nest; SERVICE and DEST use the corrected classes above.
+
+    Cost: pyroute2's generic ``encode_nlas``/``decode_nlas`` build one nla object per
+    attribute (~150 us to encode a real-server message on a fast host, ~80 us to decode one),
+    which makes a 1,000-service table take seconds. ``encode_nlas``/``decode_nlas`` below
+    walk the same ``nla_map`` (compiled once per class) with ``struct`` and produce the same
+    ``["attrs"]`` structure ([name, value] lists; nests are ``ipvs_attrs`` dicts with
+    ``get_attr``). Only the kinds IPVS uses are handled.
     """
 
     __slots__ = ()
@@ -99,6 +218,18 @@ class ipvsmsg(genlmsg):
     service = ipvs_service
     dest = ipvs_dest
     daemon = ipvs_daemon
+
+    def encode_nlas(self, offset: int) -> int:
+        body = _encode_chain(self["attrs"], _IPVSMSG_LAYOUT[0])
+        self.data[offset:offset + len(body)] = body
+        return offset + len(body)
+
+    def decode_nlas(self, offset: int) -> None:
+        self["attrs"] = _decode_chain(self.data, offset, self.offset + self.length,
+                                      _IPVSMSG_LAYOUT[1])
+
+
+_IPVSMSG_LAYOUT = _layout(ipvsmsg)
 
 
 class ipvs_info_msg(genlmsg):

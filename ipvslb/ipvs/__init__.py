@@ -1,6 +1,6 @@
 """The IPVS layer: typed model, netlink client, reader, ipvsadm-identical formatter, applier.
 
-Nothing here imports pyroute2: `ipvslb show` must start fast. The functions below are what
+The netlink client is pyroute2 (imported on first use). The functions below are what
 the agent calls; the modules hold the rest (model, netlink, read, apply, format).
 """
 
@@ -23,8 +23,7 @@ def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = N
     """
     from ipvslb.errors import SystemStateError
     from ipvslb.ipvs.model import SCTP, TCP, UDP, Service, canonical
-    from ipvslb.ipvs.netlink import IPVS
-    from ipvslb.ipvs.nlsock import NetlinkError
+    from ipvslb.ipvs.netlink import IPVS, NetlinkError
 
     proto = {"tcp": TCP, "udp": UDP, "sctp": SCTP}[protocol.lower()]
     try:

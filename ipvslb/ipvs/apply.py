@@ -30,6 +30,7 @@ from ipvslb.ipvs.netlink import (
     CMD_SET_DEST,
     CMD_SET_SERVICE,
     IPVS,
+    Request,
     dest_request,
     service_request,
 )
@@ -66,11 +67,11 @@ class ApplyResult:
 
 class _Plan:
     def __init__(self) -> None:
-        self.requests: list[bytes] = []
+        self.requests: list[Request] = []
         self.what: list[str] = []
         self.result = ApplyResult()
 
-    def add(self, request: bytes, what: str, counter: str) -> None:
+    def add(self, request: Request, what: str, counter: str) -> None:
         self.requests.append(request)
         self.what.append(what)
         setattr(self.result, counter, getattr(self.result, counter) + 1)

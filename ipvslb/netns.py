@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ipvslb.errors import SystemStateError, UserError
 
@@ -91,15 +91,17 @@ def _pyroute2_netns(name: str | None) -> dict[str, object]:
     return {"netns": path, "flags": 0}
 
 
-def iproute(name: str | None) -> IPRoute:
-    """A pyroute2 ``IPRoute`` in namespace ``name`` (None: the current one); never creates one."""
+def iproute(name: str | None, **kwargs: Any) -> IPRoute:
+    """A pyroute2 ``IPRoute`` in namespace ``name`` (None: the current one); never creates one.
+
+    ``kwargs`` go to ``IPRoute`` (e.g. ``rcvbuf``)."""
     from pyroute2 import IPRoute
 
-    return IPRoute(**_pyroute2_netns(name))
+    return IPRoute(**_pyroute2_netns(name), **kwargs)
 
 
-def async_iproute(name: str | None) -> AsyncIPRoute:
+def async_iproute(name: str | None, **kwargs: Any) -> AsyncIPRoute:
     """A pyroute2 ``AsyncIPRoute`` in namespace ``name`` (None: the current one), as ``iproute``."""
     from pyroute2 import AsyncIPRoute
 
-    return AsyncIPRoute(**_pyroute2_netns(name))
+    return AsyncIPRoute(**_pyroute2_netns(name), **kwargs)

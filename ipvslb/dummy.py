@@ -20,8 +20,10 @@ the MAC address). kube-proxy does the same with ``kube-ipvs0``.
   interfaces (else a backup could attract VIP traffic): ``ensure`` sets the ARP sysctls in
   :data:`OWNED_SYSCTLS`. :data:`DR_SYSCTLS` lists everything an IPVS DR director needs.
 
-All of this speaks rtnetlink directly (no pyroute2): it runs on every agent start and in
-the test guest, where importing pyroute2 alone costs seconds.
+All of this goes through pyroute2's ``AsyncIPRoute`` (links, addresses; address labels with
+the message class in :mod:`ipvslb.pyroute2_fixes`), each request bounded by a timeout.
+Importing ``pyroute2.iproute`` costs 0.11-0.14 s on the host (``python -X importtime``,
+3 runs); the seconds once seen were the emulated QEMU test guest, not a node.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipvslb import logfmt
+from ipvslb.netns import iproute
 
 log = logfmt.get("dummy")
 
@@ -53,11 +54,10 @@ class DummyWatch:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        from pyroute2 import IPRoute
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
         try:
-            ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+            ipr = iproute(self.netns)
         except Exception as err:  # reported once; the agent still repairs at start-up
             self.error = str(err) or type(err).__name__
             log.error("cannot watch the dummy link", extra={"link": self.name,

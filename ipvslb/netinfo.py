@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ipvslb.errors import SystemStateError
+from ipvslb.netns import iproute
 
 
 @dataclass(frozen=True)
@@ -16,9 +17,7 @@ class Link:
 
 
 def links(netns: str | None = None) -> list[Link]:
-    from pyroute2 import IPRoute
-
-    with _iproute(IPRoute, netns) as ipr:
+    with iproute(netns) as ipr:
         by_index: dict[int, tuple[str, str]] = {}
         for msg in ipr.get_links():
             by_index[msg["index"]] = (msg.get_attr("IFLA_IFNAME"),
@@ -35,9 +34,7 @@ def links(netns: str | None = None) -> list[Link]:
 
 def default_route_interface(netns: str | None = None) -> str:
     """The interface of the first default route (IPv4 first, then IPv6), as k0s picks it."""
-    from pyroute2 import IPRoute
-
-    with _iproute(IPRoute, netns) as ipr:
+    with iproute(netns) as ipr:
         names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
         for family in (2, 10):
             for route in ipr.get_routes(family=family, table=254):
@@ -53,6 +50,3 @@ def interface_by_mac(mac: str, netns: str | None = None) -> str:
             return link.name
     raise SystemStateError(f"no interface has MAC address {mac}; fix vrrpInstances[].interface")
 
-
-def _iproute(cls: type, netns: str | None):  # type: ignore[no-untyped-def]
-    return cls(netns=netns, flags=0) if netns else cls()

@@ -11,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ipvslb.errors import SystemStateError, UserError
+
+if TYPE_CHECKING:
+    from pyroute2 import AsyncIPRoute, IPRoute
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -71,3 +75,33 @@ def entered(name: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+def _pyroute2_netns(name: str | None) -> dict[str, object]:
+    """pyroute2's keyword arguments for namespace ``name`` (None: the current one).
+
+    pyroute2 creates a missing namespace by default (``flags=os.O_CREAT``): ``flags=0`` makes it
+    an error instead, checked first here so the user reads the same line as from ``entered``.
+    """
+    if name is None:
+        return {}
+    path = path_of(name)
+    if not os.path.exists(path):
+        raise UserError(f"netns: no network namespace {name!r} ({path} does not exist)")
+    return {"netns": path, "flags": 0}
+
+
+def iproute(name: str | None, **kwargs: Any) -> IPRoute:
+    """A pyroute2 ``IPRoute`` in namespace ``name`` (None: the current one); never creates one.
+
+    ``kwargs`` go to ``IPRoute`` (e.g. ``rcvbuf``)."""
+    from pyroute2 import IPRoute
+
+    return IPRoute(**_pyroute2_netns(name), **kwargs)
+
+
+def async_iproute(name: str | None, **kwargs: Any) -> AsyncIPRoute:
+    """A pyroute2 ``AsyncIPRoute`` in namespace ``name`` (None: the current one), as ``iproute``."""
+    from pyroute2 import AsyncIPRoute
+
+    return AsyncIPRoute(**_pyroute2_netns(name), **kwargs)

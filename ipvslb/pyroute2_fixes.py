@@ -2,7 +2,9 @@
 
 Each class below names the pyroute2 behaviour it corrects or the piece it adds. They are
 written the way pyroute2 defines its own message classes and sockets, so each could be
-offered upstream as it is. Everything else in ipvslb uses pyroute2's public API.
+offered upstream as it is, and has a test on the real kernel (tests/kernel/) that fails
+without it. Everything else in ipvslb uses pyroute2's public API. Sections: IPVS (generic
+netlink), then rtnetlink (IPv6 address labels).
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, genlmsg, nla
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    genlmsg,
+    nla,
+    nlmsg,
+)
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic import ipvs as pr_ipvs
 from pyroute2.netlink.nlsocket import NetlinkRequest
+from pyroute2.netlink.rtnl import RTM_DELADDRLABEL, RTM_GETADDRLABEL, RTM_NEWADDRLABEL
 
 # --- IPVS -----------------------------------------------------------------------------------
 #
@@ -334,3 +345,41 @@ class IPVSSocket(pr_ipvs.IPVSSocket):
         """Send change requests in one write; one errno per message (0: done)."""
         self.sent += len(msgs)
         return self._bounded(self.asyncore.request_batch_errors(msgs))  # type: ignore[no-any-return]
+
+
+# --- rtnetlink ---
+#
+# IPv6 address labels (RFC 6724, `ip addrlabel`): pyroute2 0.9.7 defines the message types
+# RTM_NEWADDRLABEL/DELADDRLABEL/GETADDRLABEL (pyroute2.netlink.rtnl) but no message class
+# for them and no IPRoute method, so its marshal decodes the kernel's replies as bare
+# nlmsg (no fields, no attributes) and nothing can encode a request. ``ifaddrlblmsg`` is
+# the kernel's struct ifaddrlblmsg (include/uapi/linux/if_addrlabel.h) with its two
+# attributes; register it on a socket with ``register_policy(ADDRLABEL_POLICY)``.
+# Test: tests/kernel/test_dummy.py (labels set, replaced and deleted; read back by `ip`;
+# tests/unit/test_dummy_rtnl.py on the host kernel).
+
+
+class ifaddrlblmsg(nlmsg):  # noqa: N801 (pyroute2's naming: the kernel's struct name)
+    """struct ifaddrlblmsg { u8 family; u8 pad; u8 prefixlen; u8 flags; u32 index; u32 seq; }"""
+
+    prefix = "IFAL_"
+    fields = (
+        ("family", "B"),
+        ("__pad", "x"),
+        ("prefixlen", "B"),
+        ("flags", "B"),
+        ("index", "I"),
+        ("seq", "I"),
+    )
+    nla_map = (
+        ("IFAL_UNSPEC", "none"),
+        ("IFAL_ADDRESS", "ip6addr"),
+        ("IFAL_LABEL", "uint32"),
+    )
+
+
+ADDRLABEL_POLICY: dict[int, type[nlmsg]] = {
+    RTM_NEWADDRLABEL: ifaddrlblmsg,
+    RTM_DELADDRLABEL: ifaddrlblmsg,
+    RTM_GETADDRLABEL: ifaddrlblmsg,
+}

@@ -62,14 +62,15 @@ def remove_stale(config: Config, interfaces: tuple[str, ...], netns: str | None 
 
     Only call this while no keepalived of this node runs.
     """
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
+
+    from ipvslb.netns import iproute
 
     stale = held(config, interfaces, netns, Path(config.node.run_dir), added=True)
     if not stale:
         return 0
     removed = 0
-    with (IPRoute(netns=netns, flags=0) if netns else IPRoute()) as ipr:
+    with iproute(netns) as ipr:
         for iface, vip in stale:
             index = ipr.link_lookup(ifname=iface)
             if not index:

@@ -1,7 +1,8 @@
 """Who holds an address, followed from the kernel's own address events, in several namespaces.
 
-One rtnetlink socket per namespace, subscribed to IPv4/IPv6 address events, is read by one
-thread that stamps each event on arrival. Unlike polling `ip addr`, no change can fall between
+One rtnetlink socket per namespace (pyroute2 ``AsyncIPRoute``), subscribed to IPv4/IPv6 address
+events, is read by one thread (one event loop, a reader per namespace) that stamps each event
+on arrival. Unlike polling `ip addr`, no change can fall between
 two samples: a moment with two holders of the VIP, however short, is seen and timed.
 
     with VipWatch({"ctrl-1": "ns1", "ctrl-2": "ns2"}, "10.77.0.10", "eth0") as watch:
@@ -11,71 +12,32 @@ two samples: a moment with two holders of the VIP, however short, is seen and ti
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
-import json
-import select
-import socket
-import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
 from ipvslb import netns as netns_mod
 
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV6_IFADDR = 0x100
-RTM_NEWADDR = 20
-RTM_DELADDR = 21
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-NLMSG_HDR = struct.Struct("=IHHII")
-IFADDRMSG = struct.Struct("=BBBBI")
-RTATTR = struct.Struct("=HH")
+RCVBUF = 1 << 20  # bursts of events (a restart of every member) fit without ENOBUFS
+POLL = 0.1  # seconds between checks of the stop flag
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def parse_addr_events(data: bytes) -> list[tuple[bool, int, str]]:
-    """(added, ifindex, address) for each RTM_NEWADDR/RTM_DELADDR message in ``data``."""
-    events = []
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size:
-            break
-        if kind in (RTM_NEWADDR, RTM_DELADDR):
-            body = offset + NLMSG_HDR.size
-            family, _plen, _fl, _scope, index = IFADDRMSG.unpack_from(data, body)
-            attrs: dict[int, bytes] = {}
-            pos = body + IFADDRMSG.size
-            end = offset + length
-            while pos + RTATTR.size <= end:
-                alen, atype = RTATTR.unpack_from(data, pos)
-                if alen < RTATTR.size:
-                    break
-                attrs[atype] = data[pos + RTATTR.size:pos + alen]
-                pos += _align(alen)
-            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-            if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
-                events.append((kind == RTM_NEWADDR, index, socket.inet_ntop(family, raw)))
-        offset += _align(length)
-    return events
-
-
-def _ifindex(netns: str, ifname: str) -> int:
-    out = subprocess.run(["ip", "-j", "-n", netns, "link", "show", "dev", ifname],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
-    return int(json.loads(out)[0]["ifindex"])
-
-
-def _has_address(netns: str, ifname: str, address: str) -> bool:
-    out = subprocess.run(["ip", "-j", "-n", netns, "addr", "show", "dev", ifname],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
-    return any(a.get("local") == address for link in json.loads(out)
-               for a in link.get("addr_info", []))
+def addr_event(msg: Any) -> tuple[bool, int, str] | None:
+    """(added, ifindex, address) of an RTM_NEWADDR/RTM_DELADDR message; None for others."""
+    event = msg.get("event")
+    if event not in ("RTM_NEWADDR", "RTM_DELADDR"):
+        return None
+    address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if address is None:
+        return None
+    return event == "RTM_NEWADDR", msg["index"], str(ipaddress.ip_address(address))
 
 
 class VipWatch:
@@ -91,7 +53,8 @@ class VipWatch:
         self.timeline: list[tuple[float, tuple[str, ...]]] = []
         self._double_since: float | None = None
         self._double_total = 0.0
-        self._sockets: dict[int, tuple[socket.socket, str, int]] = {}
+        self._sockets: list[tuple[Any, str, int]] = []  # (AsyncIPRoute, label, ifindex)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,55 +67,91 @@ class VipWatch:
         self.stop()
 
     def start(self) -> None:
-        groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        for label, name in self.members.items():
-            with netns_mod.entered(name):
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, groups))
-            self._sockets[sock.fileno()] = (sock, label, _ifindex(name, self.ifname))
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            present = loop.run_until_complete(self._subscribe())
+        except BaseException:
+            self._close()
+            raise
         # Subscribed first, then the snapshot: an event racing the snapshot is applied after it,
         # and applying "added"/"removed" twice is harmless.
         now = time.monotonic()
         with self._cond:
-            for label, name in self.members.items():
-                if _has_address(name, self.ifname, self.address):
-                    self.holders.add(label)
+            self.holders.update(present)
             self._changed(now)
-        self._thread = threading.Thread(target=self._loop, name="vipwatch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="vipwatch", daemon=True)
         self._thread.start()
+
+    async def _subscribe(self) -> set[str]:
+        """Open and bind one socket per member; return the members holding the address now."""
+        present = set()
+        for label, name in self.members.items():
+            ipr = netns_mod.async_iproute(name, rcvbuf=RCVBUF)
+            self._sockets.append((ipr, label, 0))
+            await ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+            found = await ipr.link_lookup(ifname=self.ifname)
+            if not found:
+                raise RuntimeError(f"vipwatch: no interface {self.ifname} in netns {name}")
+            self._sockets[-1] = (ipr, label, found[0])
+            async for msg in await ipr.get_addr(index=found[0]):
+                event = addr_event(msg)
+                if event is not None and event[2] == self.address:
+                    present.add(label)
+        return present
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        for sock, _label, _index in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
+        self._close()
         with self._cond:
             if self._double_since is not None:  # close the count at the moment of stopping
                 self._double_total += time.monotonic() - self._double_since
                 self._double_since = None
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select(list(self._sockets), [], [], 0.1)
-            for fd in ready:
-                sock, label, index = self._sockets[fd]
-                try:
-                    data = sock.recv(1 << 16)
-                except OSError:
-                    continue  # ENOBUFS: events lost; the next change corrects the state
-                stamp = time.monotonic()
-                for added, ifindex, addr in parse_addr_events(data):
-                    if ifindex != index or addr != self.address:
-                        continue
-                    with self._cond:
-                        if added:
-                            self.holders.add(label)
-                        else:
-                            self.holders.discard(label)
-                        self._changed(stamp)
+    def _close(self) -> None:
+        for ipr, _label, _index in self._sockets:
+            ipr.close()
+        self._sockets.clear()
+        if self._loop is not None and not self._loop.is_running():
+            self._loop.close()
+            self._loop = None
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        self._loop.run_until_complete(self._follow())
+
+    async def _follow(self) -> None:
+        """One reader per member until stop(); each event is stamped as it arrives."""
+        readers = [asyncio.ensure_future(self._read(*member)) for member in self._sockets]
+        try:
+            while not self._stop.is_set() and not all(r.done() for r in readers):
+                await asyncio.sleep(POLL)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _read(self, ipr: Any, label: str, index: int) -> None:
+        while True:
+            try:
+                messages = [msg async for msg in ipr.get()]
+            except NetlinkError as err:
+                if err.code == errno.ENOBUFS:
+                    continue  # events lost; the next change corrects the state
+                raise
+            stamp = time.monotonic()
+            for msg in messages:
+                event = addr_event(msg)
+                if event is None or event[1] != index or event[2] != self.address:
+                    continue
+                with self._cond:
+                    if event[0]:
+                        self.holders.add(label)
+                    else:
+                        self.holders.discard(label)
+                    self._changed(stamp)
 
     def _changed(self, stamp: float) -> None:
         current = tuple(sorted(self.holders))

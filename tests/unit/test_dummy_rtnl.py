@@ -16,18 +16,13 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from ipvslb import dummy, netinfo
 from ipvslb.errors import UserError
 from ipvslb.netns import iproute
+from tests.support.scratchns import scratch_netns
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    name = f"ipvslb-rtnl-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_netns("ipvslb-rtnl") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def ip(netns: str, *args: str) -> str:

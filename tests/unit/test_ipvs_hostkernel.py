@@ -5,7 +5,6 @@ kernel has them, the no-IPVS/no-dummy cases are skipped (the kernel tier covers 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from ipvslb import dummy
 from ipvslb.errors import SystemStateError
 from ipvslb.ipvs import remove_services
 from ipvslb.ipvs.netlink import IPVS
+from tests.support.scratchns import scratch_netns
 
 IPVSLB = str(Path(sys.executable).with_name("ipvslb"))
 HAS_IPVS = IPVS.available() if os.geteuid() == 0 else True
@@ -29,14 +29,8 @@ def ipvslb(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 (network namespaces)")
-    name = f"ipvslb-host-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_netns("ipvslb-host") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.mark.skipif(HAS_IPVS, reason="this kernel has IPVS (or not root): covered in the guest")

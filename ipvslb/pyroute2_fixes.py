@@ -309,8 +309,9 @@ class IPVSSocket(pr_ipvs.IPVSSocket):
     """pyroute2's IPVS socket with a timeout on every conversation.
 
     pyroute2's sync sockets wait for an answer without limit: a kernel (or a namespace) that
-    never answers wedges the caller forever. ``timeout`` (seconds) bounds each request, dump
-    and batch here; when it passes, ``TimeoutError`` is raised.
+    never answers wedges the caller forever. ``timeout`` (seconds) bounds the wait for each
+    answer of a request or dump (a long dump that keeps answering is not cut short) and each
+    batch; when it passes, ``TimeoutError`` is raised.
 
     ``sent`` counts the netlink messages written by ``request``/``batch``.
     """
@@ -335,11 +336,23 @@ class IPVSSocket(pr_ipvs.IPVSSocket):
         flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
 
         async def collect() -> list[Any]:
-            answers = await self.asyncore.nlm_request(msg, msg_type=self.prid, msg_flags=flags)
-            return [m async for m in answers if m["header"]["type"] != NLMSG_ERROR]
+            # The bound is on silence, not on the whole answer: a dump of a large table may
+            # take longer than ``timeout`` while its parts keep arriving.
+            answers = await asyncio.wait_for(
+                self.asyncore.nlm_request(msg, msg_type=self.prid, msg_flags=flags),
+                self.timeout)
+            parts = answers.__aiter__()
+            got: list[Any] = []
+            while True:
+                try:
+                    m = await asyncio.wait_for(parts.__anext__(), self.timeout)
+                except StopAsyncIteration:
+                    return got
+                if m["header"]["type"] != NLMSG_ERROR:
+                    got.append(m)
 
         self.sent += 1
-        return self._bounded(collect())  # type: ignore[no-any-return]
+        return self._run_with_cleanup(collect)  # type: ignore[no-any-return]
 
     def batch(self, msgs: Sequence[Any]) -> list[int]:
         """Send change requests in one write; one errno per message (0: done)."""

@@ -398,7 +398,6 @@ class Agent:
         await asyncio.to_thread(cleanup, self.config, self.facts.interfaces, self.netns, True)
         log.info("stopped; removed what ipvslb added")
 
-
     async def _hand_over(self) -> None:
         """Keep the proxy answering for a moment after the VIP was released.
 

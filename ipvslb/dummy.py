@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELADDRLABEL, RTM_GETADDRLABEL, RTM_NEWADDRLABEL
 
@@ -100,8 +101,6 @@ DR_SYSCTLS: tuple[SysctlAdvice, ...] = (
 IFA_F_NODAD = 0x02
 IFF_UP = 0x1
 RT_SCOPE_LINK = 253
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 TIMEOUT = 5.0  # seconds: a kernel that does not answer a request within this is an error
 
 

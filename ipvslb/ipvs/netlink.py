@@ -357,10 +357,6 @@ class IPVS:
                 out.append(svc)
         return out
 
-    def services_and_keys(self, stats: bool = False) -> list[tuple[Service, None]]:
-        """Every service, each with a key for ``dests`` (None: encoded from the service)."""
-        return [(svc, None) for svc in self.services(stats)]
-
     def service(self, key: Service, stats: bool = False) -> Service | None:
         """The service with ``key``'s identity, or None."""
         try:
@@ -375,7 +371,7 @@ class IPVS:
                 return svc
         return None
 
-    def dests(self, svc: Service, stats: bool = False, key: object = None) -> list[Dest]:
+    def dests(self, svc: Service, stats: bool = False) -> list[Dest]:
         """The real servers of ``svc`` in the kernel's order (empty if the service is gone)."""
         request = genl(CMD_GET_DEST, [["IPVS_CMD_ATTR_SERVICE",
                                        {"attrs": service_key_attrs(svc)}]])

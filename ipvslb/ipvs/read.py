@@ -16,9 +16,7 @@ def read_table(ipvs: IPVS, stats: bool = False, info: bool = True) -> Table:
     ``stats``: also decode counters and rates (``--stats``, ``--rate``, ``--json``).
     """
     information = ipvs.info() if info else None
-    dests = ipvs.dests
-    full = tuple([s._replace(dests=tuple(dests(s, stats, key)))
-                  for s, key in ipvs.services_and_keys(stats)])
+    full = tuple([s._replace(dests=tuple(ipvs.dests(s, stats))) for s in ipvs.services(stats)])
     return Table(full, information)
 
 

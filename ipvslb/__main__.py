@@ -1,3 +1,3 @@
-from ipvslb.cli import main
+from ipvslb.cli.main import main
 
 main()

@@ -20,24 +20,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipvslb import keepalived_files as kf
-from ipvslb import logfmt, state, vip, vs_switch
-from ipvslb.config import Config, EndpointSourceKind
+from ipvslb import logfmt
+from ipvslb.config.mode import Mode, decide
+from ipvslb.config.model import Config, EndpointSourceKind
+from ipvslb.config.validate import loop_backend
 from ipvslb.endpoints.source import Backend, EndpointSource, StaticSource
 from ipvslb.errors import UserError
 from ipvslb.files import claim_run_dir, executable_problem, remove_run_files, write_atomic
-from ipvslb.keepalived_proc import JSON_FILE, Keepalived, stop_leftover
-from ipvslb.mode import Mode, decide
-from ipvslb.sdnotify import Notifier
-from ipvslb.status_server import SOCKET as STATUS_SOCKET
-from ipvslb.status_server import StatusServer
-from ipvslb.validate import loop_backend
+from ipvslb.keepalived import desired as kf
+from ipvslb.keepalived import vs_switch
+from ipvslb.keepalived.process import JSON_FILE, Keepalived, stop_leftover
+from ipvslb.node import vip
+from ipvslb.node.sdnotify import Notifier
+from ipvslb.status import state
+from ipvslb.status.server import SOCKET as STATUS_SOCKET
+from ipvslb.status.server import StatusServer
 
 if TYPE_CHECKING:
-    from ipvslb.dummywatch import DummyWatch
-    from ipvslb.health import HealthChecker
-    from ipvslb.metrics import Metrics
+    from ipvslb.endpoints.health import HealthChecker
+    from ipvslb.node.dummywatch import DummyWatch
     from ipvslb.proxy import Proxy
+    from ipvslb.status.metrics import Metrics
 
 log = logfmt.get("agent")
 
@@ -130,7 +133,7 @@ class Agent:
     async def _start(self) -> None:
         claim_run_dir(self.run_dir)
         if self.config.node.metrics_listen is not None:
-            from ipvslb.metrics import Metrics
+            from ipvslb.status.metrics import Metrics
 
             self.metrics = Metrics()
         # pyroute2's sockets run their own event loop: netlink work goes to a worker thread.
@@ -196,8 +199,8 @@ class Agent:
         node = self.config.node
         vips = [v.ip for v in self.config.all_vips]
         if self.mode is Mode.VIRTUAL_SERVERS:
-            from ipvslb import dummy
-            from ipvslb.dummywatch import DummyWatch
+            from ipvslb.node import dummy
+            from ipvslb.node.dummywatch import DummyWatch
 
             # listening before the first ensure: a change in between is not missed
             self.dummy_watch = DummyWatch(node.dummy_interface, self.netns,
@@ -213,8 +216,8 @@ class Agent:
         # left over from virtual-servers mode (a no-op when there is none)
         await asyncio.to_thread(remove_dummy, self.config, self.netns)
         if self.mode is Mode.USERSPACE:
-            from ipvslb import iptables
-            from ipvslb.health import HealthChecker
+            from ipvslb.endpoints.health import HealthChecker
+            from ipvslb.node import iptables
             from ipvslb.proxy import Proxy
 
             proxy = self.proxy = Proxy(None, self.config.user_space_proxy_bind_port, [])
@@ -251,8 +254,8 @@ class Agent:
         self._dummy_task = asyncio.create_task(self._repair_dummy(reason))
 
     async def _repair_dummy(self, reason: str) -> None:
-        from ipvslb import dummy
         from ipvslb.errors import SystemStateError
+        from ipvslb.node import dummy
 
         name = self.config.node.dummy_interface
         vips = [v.ip for v in self.config.all_vips]
@@ -291,7 +294,7 @@ class Agent:
         settings = self.config.node.apiserver_health
         if not settings.enabled:
             return
-        from ipvslb.health import HealthChecker
+        from ipvslb.endpoints.health import HealthChecker
 
         path = self.run_dir / kf.HEALTH_FILE
 
@@ -421,7 +424,7 @@ def handover_seconds(config: Config) -> float:
 def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
             keepalived_stopped: bool = False) -> None:
     """Remove everything ipvslb adds on a node (also for `ipvslb down` after a crash)."""
-    from ipvslb import iptables
+    from ipvslb.node import iptables
 
     run_dir = Path(config.node.run_dir)
     if not keepalived_stopped:
@@ -448,6 +451,6 @@ def remove_vip_services(config: Config, netns: str | None = None) -> None:
 
 def remove_dummy(config: Config, netns: str | None = None) -> None:
     """Remove ipvslb's dummy link if there is one (dummy.remove leaves other links alone)."""
-    from ipvslb import dummy
+    from ipvslb.node import dummy
 
     dummy.remove(config.node.dummy_interface, netns=netns)

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ipvslb import vip
-from ipvslb.config_file import config_from_document
+from ipvslb.config.formats import config_from_document
 from ipvslb.errors import SystemStateError, UserError
 from ipvslb.files import claim_run_dir
-from ipvslb.keepalived_proc import MAX_QUICK_EXITS, Keepalived
+from ipvslb.keepalived.process import MAX_QUICK_EXITS, Keepalived
+from ipvslb.node import vip
 from tests.support.netlab import NetLab, Netns
 
 ADDRESS = "10.99.0.1"

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipvslb import iptables
-from ipvslb.iptables import Redirect
+from ipvslb.node import iptables
+from ipvslb.node.iptables import Redirect
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),

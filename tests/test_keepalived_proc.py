@@ -1,4 +1,4 @@
-"""The keepalived supervisor (ipvslb.keepalived_proc) with the real keepalived, in a network
+"""The keepalived supervisor (ipvslb.keepalived.process) with the real keepalived, in a network
 namespace on the host kernel (VRRP only: no IPVS needed)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.keepalived_proc import Keepalived
+from ipvslb.keepalived.process import Keepalived
 from tests.support.netlab import NetLab
 
 KEEPALIVED = "/usr/sbin/keepalived"

@@ -49,7 +49,7 @@ ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from ipvslb.config import Role  # noqa: E402
+from ipvslb.config.model import Role  # noqa: E402
 from ipvslb.errors import SystemStateError  # noqa: E402
 from ipvslb.lab.kubewatch import Watch, make_configmap, wait_healthy  # noqa: E402
 from ipvslb.lab.nslab import (  # noqa: E402

@@ -96,7 +96,7 @@ async def wait_for(predicate, timeout: float, interval: float = 0.002) -> float:
 async def measure(changes: int, work: Path) -> list[float]:
     import ipvslb.agent as agent_module
     from ipvslb import logfmt
-    from ipvslb.config_file import config_from_document
+    from ipvslb.config.formats import config_from_document
     from ipvslb.endpoints.source import Backend
 
     logfmt.setup("warning")

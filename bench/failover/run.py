@@ -42,7 +42,7 @@ ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from ipvslb.config import Role  # noqa: E402
+from ipvslb.config.model import Role  # noqa: E402
 from ipvslb.lab.nslab import Failover, Lab, with_advert  # noqa: E402
 from ipvslb.lab.topology import LabMode, Topology  # noqa: E402
 

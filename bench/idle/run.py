@@ -44,7 +44,7 @@ ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from ipvslb.config import Role  # noqa: E402
+from ipvslb.config.model import Role  # noqa: E402
 from ipvslb.lab.nslab import METRICS_PORT, Lab  # noqa: E402
 from ipvslb.lab.topology import LabMode, Topology  # noqa: E402
 

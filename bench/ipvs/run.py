@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ipvslb.cmd_show import render  # noqa: E402
+from ipvslb.cli.show import render  # noqa: E402
 from ipvslb.ipvs import model  # noqa: E402
 from ipvslb.ipvs.apply import Applier  # noqa: E402
 from ipvslb.ipvs.netlink import IPVS  # noqa: E402
@@ -112,7 +112,7 @@ def bench_show(n: int, reps: int) -> dict[str, Any]:
             ipvsadm.append(ns.run(["ipvsadm", "-Ln"]))
             ipvslb.append(ns.run([IPVSLB, "show"]))
             inproc.append(timed(lambda: render(netns=ns.name)))
-        start_only = [ns.run([sys.executable, "-c", "import ipvslb.cli, ipvslb.cmd_show"])
+        start_only = [ns.run([sys.executable, "-c", "import ipvslb.cli.main, ipvslb.cli.show"])
                       for _ in range(reps)]
         result: dict[str, Any] = {
             "services": n, "real_servers": 3 * n, "ipvsadm -Ln": summary(ipvsadm),

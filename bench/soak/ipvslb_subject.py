@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ipvslb.endpoints.health import HealthChecker  # noqa: E402
 from ipvslb.endpoints.source import Backend  # noqa: E402
-from ipvslb.health import HealthChecker  # noqa: E402
 from ipvslb.proxy import Proxy  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipvslb import yamlread
+from ipvslb.config import yamlread
 from ipvslb.errors import UserError
 
 K0S_ADMIN_KUBECONFIG = "/var/lib/k0s/pki/admin.conf"

@@ -17,7 +17,6 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
 
-from ipvslb import netns as netns_mod
 from ipvslb.errors import SystemStateError
 from ipvslb.ipvs.model import (
     AF_INET6,
@@ -29,6 +28,7 @@ from ipvslb.ipvs.model import (
     Stats,
     Timeouts,
 )
+from ipvslb.node import netns as netns_mod
 from ipvslb.pyroute2_fixes import IPVSSocket, ipv4_netmask, ipvs_info_msg, ipvsmsg
 
 CMD_NEW_SERVICE = 1

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ipvslb import netns as netns_mod
 from ipvslb.errors import SystemStateError
 from ipvslb.ipvs.model import Service, Table
 from ipvslb.ipvs.netlink import IPVS
+from ipvslb.node import netns as netns_mod
 
 CONN_PROC_FILE = "/proc/net/ip_vs_conn"
 

@@ -568,7 +568,7 @@ class Lab:
 
     def vrrp_state(self, node: str) -> str:
         """The VRRP state keepalived last reported to ``node``'s agent (``-``: none yet)."""
-        from ipvslb.vs_switch import read_state
+        from ipvslb.keepalived.vs_switch import read_state
 
         try:
             return read_state(Path(self.controller(node).run_dir), 0) or "-"
@@ -576,7 +576,7 @@ class Lab:
             return "-"
 
     def iptables_rules(self, node: str) -> list[str]:
-        from ipvslb import iptables
+        from ipvslb.node import iptables
 
         return iptables.current_rules(netns=self.controller(node).netns)
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ipvslb import netns as netns_mod
 from ipvslb.lab.procs import time_scale
+from ipvslb.node import netns as netns_mod
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ipvslb import netns as netns_mod
 from ipvslb.errors import SystemStateError
+from ipvslb.node import netns as netns_mod
 
 T = TypeVar("T")
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from ipvslb import yamlread
-from ipvslb.config import DEFAULT_API_PORT, IPAddress, IPInterface, Role
+from ipvslb.config import yamlread
+from ipvslb.config.model import DEFAULT_API_PORT, IPAddress, IPInterface, Role
+from ipvslb.config.validate import MAX_AUTH_PASS, UNSAFE_CHARS, Problems, Section, valid_ifname
 from ipvslb.errors import ConfigError, UserError
 from ipvslb.files import write_atomic
-from ipvslb.validate import MAX_AUTH_PASS, UNSAFE_CHARS, Problems, Section, valid_ifname
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -284,7 +284,7 @@ def render_lab(topology: Topology, directory: str | Path, **params: Any) -> dict
 
 def check_node_configs(topology: Topology, **params: Any) -> None:
     """Validate every controller's generated config with ipvslb's own validation."""
-    from ipvslb.config_file import config_from_document
+    from ipvslb.config.formats import config_from_document
 
     problems: list[str] = []
     for node in topology.controllers:

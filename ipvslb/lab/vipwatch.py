@@ -23,7 +23,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
-from ipvslb import netns as netns_mod
+from ipvslb.node import netns as netns_mod
 
 RCVBUF = 1 << 20  # bursts of events (a restart of every member) fit without ENOBUFS
 POLL = 0.1  # seconds between checks of the stop flag

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.config import Role
+from ipvslb.config.model import Role
 from ipvslb.lab.nslab import Lab
 from ipvslb.lab.topology import LabMode, Topology
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.config import Role
+from ipvslb.config.model import Role
 from ipvslb.lab.kubewatch import (
     LEASE_EXPIRY,
     Watch,

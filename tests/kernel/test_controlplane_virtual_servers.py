@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipvslb.config import Role
+from ipvslb.config.model import Role
 from ipvslb.lab.kubewatch import Watch, make_configmap
 from ipvslb.lab.nslab import Lab, time_scale, wait_for
 from ipvslb.lab.topology import LabMode

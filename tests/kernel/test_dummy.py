@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ipvslb import dummy, sysctl
 from ipvslb.errors import SystemStateError
+from ipvslb.node import dummy, sysctl
 from tests.support.netlab import NetLab, Netns, Process, wait_until
 
 pytestmark = pytest.mark.kernel

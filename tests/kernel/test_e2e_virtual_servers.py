@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.config import Role
+from ipvslb.config.model import Role
 from ipvslb.lab.nslab import Lab, wait_for
 from ipvslb.lab.procs import sh
 from ipvslb.lab.topology import LabMode

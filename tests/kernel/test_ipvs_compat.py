@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.cmd_show import render, show
+from ipvslb.cli.show import render, show
 from ipvslb.errors import UserError
 from tests.kernel.ipvs_random import RandomService, TableGenerator, kernel_schedulers, restore_input
 from tests.support.netlab import NetLab, Netns, timeout_scale

@@ -17,10 +17,10 @@ from collections import Counter
 
 import pytest
 
-from ipvslb import dummy
 from ipvslb.ipvs import model
 from ipvslb.ipvs.apply import Applier
 from ipvslb.ipvs.netlink import IPVS
+from ipvslb.node import dummy
 from tests.support.netlab import Lan, NetLab, Netns, wait_until
 
 pytestmark = pytest.mark.kernel

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb.config import Role
+from ipvslb.config.model import Role
 from ipvslb.lab.nslab import Lab, time_scale, wait_for
 from ipvslb.lab.probe import KeepAlive
 from ipvslb.lab.topology import LabMode, Topology

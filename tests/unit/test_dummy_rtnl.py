@@ -13,9 +13,9 @@ import pytest
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from ipvslb import dummy, netinfo
 from ipvslb.errors import UserError
-from ipvslb.netns import iproute
+from ipvslb.node import dummy, netinfo
+from ipvslb.node.netns import iproute
 from tests.support.scratchns import scratch_netns
 
 

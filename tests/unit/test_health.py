@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from ipvslb.endpoints.health import HealthChecker
 from ipvslb.endpoints.source import Backend
-from ipvslb.health import HealthChecker
 from ipvslb.proxy import Proxy
 
 FAST: dict[str, Any] = {"interval": 0.05, "timeout": 0.5}

@@ -20,12 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvslb import files, yamlread
-from ipvslb.config_file import config_from_document
+from ipvslb import files
+from ipvslb.config import yamlread
+from ipvslb.config.formats import config_from_document
+from ipvslb.config.scalars import parse_uint, shown
+from ipvslb.config.validate import run_dir_problem
 from ipvslb.errors import ConfigError, UserError
-from ipvslb.keepalived_files import check_renders
-from ipvslb.scalars import parse_uint, shown
-from ipvslb.validate import run_dir_problem
+from ipvslb.keepalived.desired import check_renders
 
 ROOT = Path(__file__).resolve().parents[2]
 

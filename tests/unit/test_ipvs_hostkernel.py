@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ipvslb import dummy
 from ipvslb.errors import SystemStateError
 from ipvslb.ipvs import remove_services
 from ipvslb.ipvs.netlink import IPVS
+from ipvslb.node import dummy
 from tests.support.scratchns import scratch_netns
 
 IPVSLB = str(Path(sys.executable).with_name("ipvslb"))

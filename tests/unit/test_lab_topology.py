@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ipvslb import config as c
-from ipvslb.config_file import config_from_document
+from ipvslb.config import model as c
+from ipvslb.config.formats import config_from_document
+from ipvslb.config.mode import Mode, decide
 from ipvslb.errors import ConfigError, UserError
 from ipvslb.lab import gen
 from ipvslb.lab.topology import (
@@ -32,7 +33,6 @@ from ipvslb.lab.topology import (
     render_lab,
     render_node,
 )
-from ipvslb.mode import Mode, decide
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/ is a package at the project root; make it importable however pytest was started.

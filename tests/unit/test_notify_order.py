@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipvslb.keepalived_files import vs_file
-from ipvslb.vs_switch import on_state, read_state, this_process_sequence
+from ipvslb.keepalived.desired import vs_file
+from ipvslb.keepalived.vs_switch import on_state, read_state, this_process_sequence
 
 
 def test_an_older_notification_arriving_last_is_dropped(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_an_older_notification_arriving_last_is_dropped(tmp_path: Path) -> None:
 
 
 def test_a_process_forked_later_has_a_later_sequence() -> None:
-    code = "from ipvslb.vs_switch import this_process_sequence as s; print(*s())"
+    code = "from ipvslb.keepalived.vs_switch import this_process_sequence as s; print(*s())"
     first = this_process_sequence()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()

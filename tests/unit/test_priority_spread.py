@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ipvslb.keepalived_files import derive_priority
+from ipvslb.keepalived.desired import derive_priority
 
 
 def test_neighbouring_addresses_get_distinct_far_apart_priorities() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 import keepalived_conf as kc
-from ipvslb.config_file import config_from_document
+from ipvslb.config.formats import config_from_document
+from ipvslb.config.mode import decide
 from ipvslb.endpoints.source import Backend
-from ipvslb.keepalived_files import CONF, NodeFacts, derive_priority, render_files, vs_file
-from ipvslb.mode import decide
-from ipvslb.vs_switch import on_state, point, read_state
+from ipvslb.keepalived.desired import CONF, NodeFacts, derive_priority, render_files, vs_file
+from ipvslb.keepalived.vs_switch import on_state, point, read_state
 from tests.support.keepalived_check import keepalived_config_test
 
 BACKENDS = [Backend("10.77.0.13", 6443), Backend("10.77.0.11", 6443), Backend("10.77.0.12", 6443)]

@@ -15,10 +15,10 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from ipvslb import state
-from ipvslb.cmd_status import exit_code, human
-from ipvslb.metrics import families
-from ipvslb.sdnotify import Notifier
+from ipvslb.cli.status import exit_code, human
+from ipvslb.node.sdnotify import Notifier
+from ipvslb.status import state
+from ipvslb.status.metrics import families
 
 
 def snapshot(**changes: Any) -> state.Snapshot:
@@ -163,7 +163,7 @@ def test_notify_protocol_on_a_real_datagram_socket(tmp_path: Path) -> None:
 @pytest.mark.parametrize("listen, expected", [
     ("127.0.0.1:9450", ("127.0.0.1", 9450)), ("[::1]:9450", ("::1", 9450)), (None, None)])
 def test_metrics_listen_is_parsed(listen: str | None, expected: tuple[str, int] | None) -> None:
-    from ipvslb.config_file import config_from_document
+    from ipvslb.config.formats import config_from_document
 
     doc: dict[str, Any] = {
         "endpoints": {"source": "static", "static": ["10.0.0.11"]},
@@ -177,7 +177,7 @@ def test_metrics_listen_is_parsed(listen: str | None, expected: tuple[str, int] 
 @pytest.mark.parametrize("listen", ["localhost:9450", "127.0.0.1", "127.0.0.1:0",
                                     "127.0.0.1:99999", "fe80::1%eth0:9450", ":9450", 9450])
 def test_a_bad_metrics_listen_is_one_line_naming_the_field(listen: object) -> None:
-    from ipvslb.config_file import config_from_document
+    from ipvslb.config.formats import config_from_document
     from ipvslb.errors import ConfigError
 
     doc = {"node": {"metrics": {"listen": listen}},

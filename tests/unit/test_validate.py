@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ipvslb import config as c
-from ipvslb.config_file import config_from_document, load
+from ipvslb.config import model as c
+from ipvslb.config.formats import config_from_document, load
+from ipvslb.config.mode import Mode, decide
+from ipvslb.config.validate import parse_duration
 from ipvslb.errors import ConfigError, UserError
-from ipvslb.mode import Mode, decide
-from ipvslb.validate import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 KA = "controlPlaneLoadBalancing.keepalived"

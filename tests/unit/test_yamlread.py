@@ -1,4 +1,4 @@
-"""The one bounded YAML reader (ipvslb.yamlread) and the commands that use it."""
+"""The one bounded YAML reader (ipvslb.config.yamlread) and the commands that use it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipvslb import config_file, yamlread
+from ipvslb.config import formats, yamlread
 from ipvslb.errors import UserError
 
 LAUGHS = "\n".join(
@@ -72,7 +72,7 @@ def test_files_are_bounded_in_size_and_must_be_text(tmp_path: Path) -> None:
     for path, words in ((big, "larger than"), (nul, "NUL"), (binary, "not UTF-8"),
                         (tmp_path, "cannot read"), (tmp_path / "none.yaml", "no such file")):
         with pytest.raises(UserError, match=words):
-            config_file.load(path)
+            formats.load(path)
 
 
 def test_other_readers_refuse_repeated_keys_too(tmp_path: Path) -> None:

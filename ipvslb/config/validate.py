@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ipvslb import config as c
+from ipvslb.config import model as c
+from ipvslb.config.scalars import clean_text, parse_uint, printable_ascii, shown
 from ipvslb.errors import ConfigError
-from ipvslb.scalars import clean_text, parse_uint, printable_ascii, shown
 
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 # What keepalived may read as part of a directive's value: anything that could end the token

@@ -9,7 +9,7 @@ Files, all in the run directory:
 - ``vs-active-<i>.conf``: a symlink the notify hook points at ``vs-<i>.conf`` while this node is
   MASTER of instance <i> and at /dev/null otherwise, so only the master programs IPVS (with DR
   on every node, a backup that also balanced would bounce packets between directors). Managed
-  by ``ipvslb.vs_switch``, not rendered here.
+  by ``ipvslb.keepalived.vs_switch``, not rendered here.
 - ``vs-standby-<i>.conf`` (only with ``node.lvsSyncDaemon``): what a backup points at instead of
   /dev/null: the same virtual servers with this node's own apiserver as their only real server.
   The kernel runs IPVS only in a namespace that has a service, so without one a backup's copy
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keepalived_conf as kc
-from ipvslb.config import Config, RealServerCheck, VirtualServer, VrrpInstance
+from ipvslb.config.mode import Mode, decide
+from ipvslb.config.model import Config, RealServerCheck, VirtualServer, VrrpInstance
 from ipvslb.endpoints.source import Backend
-from ipvslb.mode import Mode, decide
 
 CONF = "keepalived.conf"
 HEALTH_FILE = "apiserver-health"
@@ -96,7 +96,7 @@ def derive_priority(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> i
 def resolve_facts(config: Config, priority: int | None = None,
                   netns: str | None = None) -> NodeFacts:
     """Resolve interfaces (name, MAC or default route) and priority on this node."""
-    from ipvslb import netinfo
+    from ipvslb.node import netinfo
 
     names: list[str] = []
     for inst in config.vrrp_instances:
@@ -113,7 +113,7 @@ def resolve_facts(config: Config, priority: int | None = None,
 
 
 def _own_addresses(config: Config, netns: str | None) -> frozenset[str]:
-    from ipvslb import netinfo
+    from ipvslb.node import netinfo
 
     vips = {v.ip for v in config.all_vips}
     return frozenset(str(a.ip) for link in netinfo.links(netns) for a in link.addresses
@@ -122,8 +122,8 @@ def _own_addresses(config: Config, netns: str | None) -> frozenset[str]:
 
 def _own_address(inst: VrrpInstance, interface: str, netns: str | None
                  ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    from ipvslb import netinfo
     from ipvslb.errors import SystemStateError
+    from ipvslb.node import netinfo
 
     if inst.unicast_source_ip is not None:
         return inst.unicast_source_ip

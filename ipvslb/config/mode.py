@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from ipvslb.config import Config, Role
+from ipvslb.config.model import Config, Role
 
 
 class Mode(enum.StrEnum):

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipvslb import __version__, logfmt, vs_switch
+from ipvslb import __version__, logfmt
 from ipvslb.endpoints.source import Backend
+from ipvslb.keepalived import vs_switch
 
 if TYPE_CHECKING:
     from ipvslb.agent import Agent
@@ -227,15 +228,15 @@ def _kernel_views(agent: Agent, rules_wanted: bool
                   ) -> tuple[list[tuple[str, str]], list[IpvsService] | None, list[str] | None]:
     """VIPs on the VRRP interfaces, and the IPVS table or (``rules_wanted``) the iptables
     rules (worker thread)."""
-    from ipvslb import vip
-    from ipvslb.mode import Mode
+    from ipvslb.config.mode import Mode
+    from ipvslb.node import vip
 
     held = vip.held(agent.config, agent.facts.interfaces, agent.netns)
     services = rules = None
     if agent.mode is Mode.VIRTUAL_SERVERS:
         services = _ipvs_services(agent.netns)
     elif agent.mode is Mode.USERSPACE and rules_wanted:
-        from ipvslb import iptables
+        from ipvslb.node import iptables
 
         try:
             rules = iptables.current_rules(netns=agent.netns, backend=agent.iptables_backend)

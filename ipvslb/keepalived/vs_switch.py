@@ -1,5 +1,5 @@
 """Only the VRRP master of an instance carries that instance's virtual servers (with
-``node.lvsSyncDaemon``, backups carry standby ones: see ``ipvslb.keepalived_files``).
+``node.lvsSyncDaemon``, backups carry standby ones: see ``ipvslb.keepalived.desired``).
 
 With DR and IPVS on every controller, a packet forwarded to a backup (still addressed to
 VIP:port, which every node holds on dummyvip0) would be balanced again and could bounce
@@ -17,8 +17,8 @@ import os
 import signal
 from pathlib import Path
 
-from ipvslb.keepalived_files import vs_active_file, vs_file, vs_standby_file
-from ipvslb.scalars import parse_uint
+from ipvslb.config.scalars import parse_uint
+from ipvslb.keepalived.desired import vs_active_file, vs_file, vs_standby_file
 
 DEVNULL = "/dev/null"
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from ipvslb.cmd_config import load_and_warn, role_option
-from ipvslb.config import DEFAULT_RUN_DIR
+from ipvslb.cli.config import load_and_warn, role_option
+from ipvslb.config.model import DEFAULT_RUN_DIR
 from ipvslb.errors import UserError
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_NO_AGENT = 0, 1, 3
@@ -26,7 +26,7 @@ class NoAgentError(UserError):
 
 def fetch(run_dir: Path, timeout: float = 10.0) -> dict[str, Any]:
     """The agent's snapshot; UserError (exit 3) when no agent answers."""
-    from ipvslb.status_server import NoAgent, request
+    from ipvslb.status.server import NoAgent, request
 
     try:
         return request(run_dir, timeout)

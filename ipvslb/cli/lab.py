@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ipvslb.config import Role
+from ipvslb.config.model import Role
 from ipvslb.errors import UserError
 from ipvslb.lab import nslab
 from ipvslb.lab.topology import DEFAULT_TOPOLOGY, LabMode, Topology
@@ -93,8 +93,8 @@ def _preflight(mode: LabMode, prefix: str) -> None:
             raise UserError(f"virtual-servers mode needs {missing}, which this kernel lacks: "
                             "run it in the project's QEMU guest with `ipvslb lab demo --mode "
                             "virtual-servers --vm`, or use --mode userspace")
-        if importlib.util.find_spec("ipvslb.dummy") is None:
-            raise UserError("virtual-servers mode needs ipvslb.dummy, which this build of "
+        if importlib.util.find_spec("ipvslb.node.dummy") is None:
+            raise UserError("virtual-servers mode needs ipvslb.node.dummy, which this build of "
                             "ipvslb lacks; use --mode userspace")
 
 
@@ -283,7 +283,7 @@ def status(state_dir: Path) -> None:
 
 def agent_status(run_dir: Path) -> str:
     """One line of `ipvslb status` for a lab controller's agent."""
-    from ipvslb.cmd_status import fetch
+    from ipvslb.cli.status import fetch
 
     try:
         snap = fetch(run_dir, timeout=5.0)

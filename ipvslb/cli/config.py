@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ipvslb import config_file
-from ipvslb.config import Config
+from ipvslb.config import formats
+from ipvslb.config.mode import Mode, decide
+from ipvslb.config.model import Config
 from ipvslb.endpoints.source import Backend
 from ipvslb.errors import ConfigError, UserError
 from ipvslb.files import write_all_atomic
-from ipvslb.mode import Mode, decide
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
@@ -22,7 +22,7 @@ role_option = click.option(
 
 
 def load_and_warn(path: str, role: str | None) -> Config:
-    config = config_file.load(path, role)
+    config = formats.load(path, role)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -48,7 +48,7 @@ def validate(config_path: str, role: str | None) -> None:
 
 def parse_endpoints(text: str, config: Config) -> list[Backend]:
     """``IP,IP:port,[IPv6]:port`` -> backends (a bad entry is a one-line UserError)."""
-    from ipvslb.validate import Problems, _endpoints, check_backends
+    from ipvslb.config.validate import Problems, _endpoints, check_backends
 
     problems = Problems()
     with problems.at("--endpoints"):
@@ -81,7 +81,7 @@ def render(config_path: str, role: str | None, endpoints: str | None, output_dir
 
     Interfaces given by MAC or left to the default route are resolved on this machine.
     """
-    from ipvslb.keepalived_files import render_files, resolve_facts
+    from ipvslb.keepalived.desired import render_files, resolve_facts
 
     config = load_and_warn(config_path, role)
     if endpoints is not None:

@@ -1,6 +1,6 @@
 """The validated configuration of one ipvslb node.
 
-Everything here is already checked and defaulted: ``ipvslb.validate`` builds it from a YAML
+Everything here is already checked and defaulted: ``ipvslb.config.validate`` builds it from a YAML
 document (ipvslb's own format, a k0s ClusterConfig or a k0sctl Cluster file) and nothing else
 constructs it from user input.
 """

@@ -41,9 +41,10 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELADDRLABEL, RTM_GETADDRLABEL, RTM_NEWADDRLABEL
 
-from ipvslb import logfmt, sysctl
-from ipvslb import netns as netns_mod
+from ipvslb import logfmt
 from ipvslb.errors import SystemStateError, UserError
+from ipvslb.node import netns as netns_mod
+from ipvslb.node import sysctl
 from ipvslb.pyroute2_fixes import ADDRLABEL_POLICY, ifaddrlblmsg
 
 log = logfmt.get("dummy")

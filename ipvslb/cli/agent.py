@@ -14,7 +14,7 @@ from typing import IO
 import click
 
 from ipvslb import files, logfmt
-from ipvslb.cmd_config import config_option, load_and_warn, role_option
+from ipvslb.cli.config import config_option, load_and_warn, role_option
 from ipvslb.errors import UserError
 
 log = logfmt.get("agent")
@@ -105,7 +105,7 @@ def down(config_path: str, role: str | None) -> None:
     """Remove what an agent that is gone left behind (keepalived, VIPs, dummyvip0, IPVS
     services, iptables rules, run files). Refuses while an agent is running."""
     from ipvslb.agent import cleanup
-    from ipvslb.keepalived_files import resolve_facts
+    from ipvslb.keepalived.desired import resolve_facts
 
     logfmt.setup("info")
     config = load_and_warn(config_path, role)

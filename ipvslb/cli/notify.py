@@ -21,7 +21,7 @@ def notify(run_dir: str, kind: str, name: str, state: str, priority: str | None)
     """
     from ipvslb.errors import UserError
     from ipvslb.files import owns_run_dir
-    from ipvslb.vs_switch import STATES, on_state
+    from ipvslb.keepalived.vs_switch import STATES, on_state
 
     if kind != "INSTANCE" or state not in STATES:
         return

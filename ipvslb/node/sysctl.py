@@ -1,7 +1,7 @@
 """Read and set sysctls (``net.ipv4.vs.conntrack``) in a network namespace.
 
 The ``net.*`` sysctls belong to the namespace of whoever opens the file, so the files are
-opened inside the namespace (``ipvslb.netns.entered``).
+opened inside the namespace (``ipvslb.node.netns.entered``).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ipvslb import logfmt
-from ipvslb import netns as netns_mod
 from ipvslb.errors import SystemStateError
+from ipvslb.node import netns as netns_mod
 
 log = logfmt.get("sysctl")
 

@@ -15,7 +15,7 @@ import errno
 from pathlib import Path
 
 from ipvslb import logfmt
-from ipvslb.config import Config
+from ipvslb.config.model import Config
 from ipvslb.errors import UserError
 
 log = logfmt.get("vip")
@@ -28,8 +28,8 @@ def held(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
     With ``added`` True (False) only those keepalived added (did not add) by ``run_dir``'s
     record; None: all.
     """
-    from ipvslb import netinfo
-    from ipvslb.vs_switch import read_state
+    from ipvslb.keepalived.vs_switch import read_state
+    from ipvslb.node import netinfo
 
     by_name = {link.name: link for link in netinfo.links(netns)}
     found = []
@@ -64,7 +64,7 @@ def remove_stale(config: Config, interfaces: tuple[str, ...], netns: str | None 
     """
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from ipvslb.netns import iproute
+    from ipvslb.node.netns import iproute
 
     stale = held(config, interfaces, netns, Path(config.node.run_dir), added=True)
     if not stale:

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from ipvslb import __version__, logfmt
 from ipvslb.endpoints.source import Backend
-from ipvslb.vs_switch import STATES as VRRP_STATES
+from ipvslb.keepalived.vs_switch import STATES as VRRP_STATES
 
 log = logfmt.get("metrics")
 

@@ -17,14 +17,14 @@ from ipvslb.errors import UserError
 
 # command name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
-    "validate": "ipvslb.cmd_config:validate",
-    "render": "ipvslb.cmd_config:render",
-    "show": "ipvslb.cmd_show:show",
-    "status": "ipvslb.cmd_status:status",
-    "notify": "ipvslb.cmd_notify:notify",
-    "up": "ipvslb.cmd_agent:up",
-    "down": "ipvslb.cmd_agent:down",
-    "lab": "ipvslb.cmd_lab:lab",
+    "validate": "ipvslb.cli.config:validate",
+    "render": "ipvslb.cli.config:render",
+    "show": "ipvslb.cli.show:show",
+    "status": "ipvslb.cli.status:status",
+    "notify": "ipvslb.cli.notify:notify",
+    "up": "ipvslb.cli.agent:up",
+    "down": "ipvslb.cli.agent:down",
+    "lab": "ipvslb.cli.lab:lab",
 }
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ipvslb.errors import SystemStateError
-from ipvslb.netns import iproute
+from ipvslb.node.netns import iproute
 
 
 @dataclass(frozen=True)

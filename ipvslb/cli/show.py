@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from ipvslb.config.scalars import parse_uint, shown
 from ipvslb.errors import SystemStateError, UserError
-from ipvslb.scalars import parse_uint, shown
 
 
 def parse_service_address(option: str, text: str, protocol: int) -> tuple[int, str, int]:

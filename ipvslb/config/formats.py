@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ipvslb import config as c
-from ipvslb import yamlread
+from ipvslb.config import model as c
+from ipvslb.config import yamlread
+from ipvslb.config.scalars import shown
+from ipvslb.config.validate import Problems, Section, build_config
 from ipvslb.errors import ConfigError
-from ipvslb.scalars import shown
-from ipvslb.validate import Problems, Section, build_config
 
 NATIVE_FIELDS = ("apiVersion", "kind", "node", "endpoints", "controlPlaneLoadBalancing")
 
@@ -34,7 +34,7 @@ def _dig(doc: Any, *keys: str) -> Any:
 
 def config_from_document(doc: Any, role_override: str | None = None) -> c.Config:
     """Validate a parsed document; also make sure keepalived's files render for it."""
-    from ipvslb.keepalived_files import check_renders
+    from ipvslb.keepalived.desired import check_renders
 
     config = _config_from_document(doc, role_override)
     why = check_renders(config)

@@ -5,7 +5,7 @@ A NetworkManager or netplan re-apply, `ip addr flush`, `ip link del dummyvip0` o
 IPVS master sends it. keepalived does not own that link and never notices. This module listens
 to the kernel's link and address events (pyroute2 ``IPRoute`` bound to the rtnetlink groups,
 in a thread) and calls ``on_change`` whenever an event concerns the link; the agent then runs
-:func:`ipvslb.dummy.ensure` again, which is idempotent (no change, no new event). Events are
+:func:`ipvslb.node.dummy.ensure` again, which is idempotent (no change, no new event). Events are
 coalesced: one call per burst, at most one pending.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipvslb import logfmt
-from ipvslb.netns import iproute
+from ipvslb.node.netns import iproute
 
 log = logfmt.get("dummy")
 

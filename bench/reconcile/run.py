@@ -2,7 +2,7 @@
 
   .venv/bin/python bench/reconcile/run.py [--short] [--changes N] [--idle SECONDS]
 
-Starts etcd and apiserver A in a private network namespace (tests/apiserver/cluster.py), the
+Starts etcd and apiserver A in a private network namespace (tests/support/apiserver_cluster.py), the
 reconciler as its own process (bench/reconcile/child.py, default settings) and, next to it, a
 bare reference watch on the same EndpointSlices. Then apiserver B joins and leaves N times
 (default 20 changes) and for each change records:
@@ -40,7 +40,7 @@ ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from tests.apiserver.cluster import (  # noqa: E402
+from tests.support.apiserver_cluster import (  # noqa: E402
     ADMIN_TOKEN,
     K8S_VERSION,
     SECURE_PORT,

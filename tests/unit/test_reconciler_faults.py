@@ -3,7 +3,7 @@
 FAKE SERVER: :class:`FakeApiserver` below is a scripted stand-in, listening on 127.0.0.1 only,
 used for two faults only: garbage in the watch stream and a connection cut (in the middle of a
 chunk, or cleanly before any event). Everything else is tested against the real kube-apiserver
-(tests/apiserver_tier). The backend addresses it lists (192.0.2.0/24, TEST-NET-1) are data
+(tests/apiserver). The backend addresses it lists (192.0.2.0/24, TEST-NET-1) are data
 and are never contacted.
 """
 
@@ -23,8 +23,8 @@ import pytest
 
 from ipvslb.endpoints.kube import KubernetesSource, KubeSourceSettings
 from ipvslb.endpoints.source import Backend
-from tests.apiserver.cluster import wait_until, write_kubeconfig
-from tests.apiserver.fixtures import Updates
+from tests.support.apiserver_cluster import wait_until, write_kubeconfig
+from tests.support.apiserver_fixtures import Updates
 
 ENDPOINTS = "/api/v1/namespaces/default/endpoints"
 

@@ -1,7 +1,7 @@
 """The endpoint reconciler against a REAL kube-apiserver 1.20.2 (built by tests/apiserver/build).
 
 Each test starts its own etcd and apiservers in a network namespace it created (see
-tests/apiserver/cluster.py). Kubernetes 1.20 serves EndpointSlices only as v1beta1, so the
+tests/support/apiserver_cluster.py). Kubernetes 1.20 serves EndpointSlices only as v1beta1, so the
 "slices" cases follow discovery.k8s.io/v1beta1 and the "endpoints" cases the Endpoints object.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.apiserver.cluster import SECURE_PORT, Cluster, wait_until
-from tests.apiserver.fixtures import Follow, Updates, backends
+from tests.support.apiserver_cluster import SECURE_PORT, Cluster, wait_until
+from tests.support.apiserver_fixtures import Follow, Updates, backends
 
 pytestmark = pytest.mark.apiserver
 

@@ -26,7 +26,7 @@ import yaml
 
 from ipvslb.lab.topology import DEFAULT_TOPOLOGY, Topology
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = ROOT / "vagrant"
 SCRIPTS = sorted(VAGRANT_DIR.glob("*.sh"))
 ENTRY_SCRIPTS = [p for p in SCRIPTS if p.name != "lib.sh"]

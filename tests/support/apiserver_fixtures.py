@@ -17,7 +17,7 @@ import pytest
 
 from ipvslb.endpoints.kube import KubernetesSource, KubeSourceSettings
 from ipvslb.endpoints.source import Backend
-from tests.apiserver.cluster import SECURE_PORT, Cluster, missing_prerequisite
+from tests.support.apiserver_cluster import SECURE_PORT, Cluster, missing_prerequisite
 
 
 class Updates:

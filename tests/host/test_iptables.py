@@ -142,7 +142,7 @@ def test_install_twice_leaves_rules_exactly_once(pair: tuple[str, str]) -> None:
 def test_crash_then_restart_in_new_process_leaves_rules_once(pair: tuple[str, str]) -> None:
     """Each install runs in its own process, killed right after (no cleanup), like a crash."""
     _, node = pair
-    code = ("import sys, os, signal; from ipvslb import iptables as t; "
+    code = ("import sys, os, signal; from ipvslb.node import iptables as t; "
             f"t.install([t.Redirect('{VIP4}', 6443, 6444), t.Redirect('{VIP6}', 6443, 6444)], "
             f"netns='{node}'); os.kill(os.getpid(), signal.SIGKILL)")
     for _ in range(2):

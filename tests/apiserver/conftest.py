@@ -1,0 +1,1 @@
+from tests.support.apiserver_fixtures import control_plane, reconciler  # noqa: F401

@@ -1,1 +1,0 @@
-from tests.apiserver.fixtures import control_plane, reconciler  # noqa: F401

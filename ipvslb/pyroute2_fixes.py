@@ -369,7 +369,7 @@ class IPVSSocket(pr_ipvs.IPVSSocket):
 # the kernel's struct ifaddrlblmsg (include/uapi/linux/if_addrlabel.h) with its two
 # attributes; register it on a socket with ``register_policy(ADDRLABEL_POLICY)``.
 # Test: tests/kernel/test_dummy.py (labels set, replaced and deleted; read back by `ip`;
-# tests/unit/test_dummy_rtnl.py on the host kernel).
+# tests/host/test_dummy_rtnl.py on the host kernel).
 
 
 class ifaddrlblmsg(nlmsg):  # noqa: N801 (pyroute2's naming: the kernel's struct name)

@@ -1,5 +1,5 @@
 """The status snapshot's rules, its human view, its metrics and the notify protocol (issue 12;
-no root, no processes: the real agent is exercised in tests/test_observability_host.py and
+no root, no processes: the real agent is exercised in tests/host/test_observability_host.py and
 tests/e2e/test_status_e2e.py)."""
 
 from __future__ import annotations

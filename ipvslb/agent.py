@@ -102,7 +102,8 @@ class Agent:
         except ValueError as err:
             raise UserError(f"keepalived cannot be given this configuration on this node: "
                             f"{err}") from None
-        vip.check_not_node_address(self.config, self.facts.interfaces, self.run_dir, self.netns)
+        vip.check_not_node_address(self.config, self.facts.interfaces,
+                                   vs_switch.recorded_master(self.run_dir), self.netns)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -139,7 +140,8 @@ class Agent:
         # pyroute2's sockets run their own event loop: netlink work goes to a worker thread.
         if await asyncio.to_thread(stop_leftover, self.run_dir):
             log.info("replaced the keepalived of a previous agent")
-        await asyncio.to_thread(vip.remove_stale, self.config, self.facts.interfaces, self.netns)
+        await asyncio.to_thread(vip.remove_stale, self.config, self.facts.interfaces,
+            vs_switch.recorded_master(self.run_dir), self.netns)
         await self._start_mode()
         self._write_files()
         self.keepalived = Keepalived(
@@ -199,6 +201,7 @@ class Agent:
         node = self.config.node
         vips = [v.ip for v in self.config.all_vips]
         if self.mode is Mode.VIRTUAL_SERVERS:
+            from ipvslb import ipvs
             from ipvslb.node import dummy
             from ipvslb.node.dummywatch import DummyWatch
 
@@ -209,6 +212,7 @@ class Agent:
             async with self._dummy_lock:
                 await asyncio.to_thread(dummy.ensure, node.dummy_interface, vips,
                                         label=self._dummy_label(), netns=self.netns)
+            await asyncio.to_thread(ipvs.set_sysctls, self.netns)
             await asyncio.to_thread(remove_vip_services, self.config, self.netns)
             for inst in self.config.vrrp_instances:
                 vs_switch.point(self.run_dir, inst.index, master=False)
@@ -265,7 +269,7 @@ class Agent:
                 async with self._dummy_lock:
                     result = await asyncio.to_thread(
                         dummy.ensure, name, vips, label=self._dummy_label(),
-                        netns=self.netns, sysctls=False, ipvs_sysctls=False)
+                        netns=self.netns, sysctls=False)
             except (SystemStateError, UserError) as err:
                 if str(err) != self.dummy_refused:  # said once, never fought over
                     log.error("not repairing the dummy link", extra={
@@ -364,7 +368,8 @@ class Agent:
     async def _keepalived_died(self, code: int) -> None:
         """keepalived is gone: nothing may keep answering for the VIPs on this node."""
         removed = await asyncio.to_thread(
-            vip.remove_stale, self.config, self.facts.interfaces, self.netns)
+            vip.remove_stale, self.config, self.facts.interfaces,
+            vs_switch.recorded_master(self.run_dir), self.netns)
         if self.mode is Mode.VIRTUAL_SERVERS:
             await asyncio.to_thread(remove_vip_services, self.config, self.netns)
             for inst in self.config.vrrp_instances:
@@ -429,7 +434,7 @@ def cleanup(config: Config, interfaces: tuple[str, ...], netns: str | None = Non
     run_dir = Path(config.node.run_dir)
     if not keepalived_stopped:
         stop_leftover(run_dir)
-    vip.remove_stale(config, interfaces, netns)
+    vip.remove_stale(config, interfaces, vs_switch.recorded_master(run_dir), netns)
     remove_vip_services(config, netns)
     remove_dummy(config, netns)
     iptables.remove(netns=netns)

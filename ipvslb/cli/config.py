@@ -10,6 +10,7 @@ from ipvslb.config.model import Config
 from ipvslb.endpoints.source import Backend
 from ipvslb.errors import ConfigError, UserError
 from ipvslb.files import write_all_atomic
+from ipvslb.keepalived.desired import require_renders
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
@@ -22,7 +23,7 @@ role_option = click.option(
 
 
 def load_and_warn(path: str, role: str | None) -> Config:
-    config = formats.load(path, role)
+    config = require_renders(formats.load(path, role))
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config

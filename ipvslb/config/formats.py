@@ -33,18 +33,8 @@ def _dig(doc: Any, *keys: str) -> Any:
 
 
 def config_from_document(doc: Any, role_override: str | None = None) -> c.Config:
-    """Validate a parsed document; also make sure keepalived's files render for it."""
-    from ipvslb.keepalived.desired import check_renders
-
-    config = _config_from_document(doc, role_override)
-    why = check_renders(config)
-    if why:
-        raise ConfigError([f"keepalived cannot be given this configuration: {why}; change the "
-                           "value it names"])
-    return config
-
-
-def _config_from_document(doc: Any, role_override: str | None = None) -> c.Config:
+    """Validate a parsed document (whether keepalived's files render for the result is
+    ``ipvslb.keepalived.desired.require_renders``, which every command applies)."""
     if not isinstance(doc, dict):
         raise ConfigError([f"the file must hold a YAML mapping, got {type(doc).__name__}; see "
                            "examples/ for the format"])

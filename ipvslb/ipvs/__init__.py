@@ -14,6 +14,25 @@ if TYPE_CHECKING:
     from ipvslb.ipvs.model import Table
 
 
+# per-namespace IPVS sysctls ipvslb sets (they exist once ip_vs is loaded)
+OWNED_SYSCTLS: dict[str, str] = {
+    # drop connections whose real server was deleted, so their clients reconnect at once
+    "net.ipv4.vs.expire_nodest_conn": "1",
+    # let persistence templates of a drained (weight 0) real server expire, so persistent
+    # clients move to another server instead of sticking to a leaving one
+    "net.ipv4.vs.expire_quiescent_template": "1",
+}
+
+
+def set_sysctls(netns: str | None = None) -> list[str]:
+    """Set :data:`OWNED_SYSCTLS` (loading ip_vs first if needed); return those changed."""
+    from ipvslb.ipvs.netlink import IPVS
+    from ipvslb.node import sysctl
+
+    IPVS(netns).close()  # loads ip_vs, or raises SystemStateError if the kernel has none
+    return sysctl.ensure(OWNED_SYSCTLS, netns)
+
+
 def remove_services(targets: Iterable[tuple[object, int]], netns: str | None = None,
                     protocol: str = "tcp") -> int:
     """Delete the services ADDRESS:PORT (``targets``: (address, port) pairs) if present.

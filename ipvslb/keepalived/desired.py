@@ -36,6 +36,7 @@ import keepalived_conf as kc
 from ipvslb.config.mode import Mode, decide
 from ipvslb.config.model import Config, RealServerCheck, VirtualServer, VrrpInstance
 from ipvslb.endpoints.source import Backend
+from ipvslb.errors import ConfigError
 
 CONF = "keepalived.conf"
 HEALTH_FILE = "apiserver-health"
@@ -251,3 +252,12 @@ def check_renders(config: Config) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def require_renders(config: Config) -> Config:
+    """``config``, once :func:`check_renders` found nothing; else a ConfigError naming it."""
+    why = check_renders(config)
+    if why:
+        raise ConfigError([f"keepalived cannot be given this configuration: {why}; change the "
+                           "value it names"])
+    return config

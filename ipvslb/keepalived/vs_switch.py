@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from ipvslb.config.scalars import parse_uint
@@ -41,6 +42,13 @@ def read_state(run_dir: Path, index: int) -> str | None:
     except FileNotFoundError:
         return None
     return words[0] if words else None
+
+
+def recorded_master(run_dir: Path) -> Callable[[int], bool]:
+    """``is_master(index)``: whether the notify hook last recorded MASTER for instance
+    ``index`` in ``run_dir`` (what ``ipvslb.node.vip`` needs to tell keepalived's VIPs from
+    the node's own addresses)."""
+    return lambda index: read_state(run_dir, index) == "MASTER"
 
 
 def _recorded_sequence(run_dir: Path, index: int) -> tuple[int, int] | None:

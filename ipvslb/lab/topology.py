@@ -285,11 +285,12 @@ def render_lab(topology: Topology, directory: str | Path, **params: Any) -> dict
 def check_node_configs(topology: Topology, **params: Any) -> None:
     """Validate every controller's generated config with ipvslb's own validation."""
     from ipvslb.config.formats import config_from_document
+    from ipvslb.keepalived.desired import require_renders
 
     problems: list[str] = []
     for node in topology.controllers:
         try:
-            config_from_document(node_config(topology, node.name, **params))
+            require_renders(config_from_document(node_config(topology, node.name, **params)))
         except ConfigError as err:
             problems += [f"the config generated for {node.name} is invalid: {p}"
                          for p in err.problems]

@@ -63,14 +63,6 @@ OWNED_SYSCTLS: dict[str, str] = {
     # never use a VIP as the source address of ARP requests
     "net.ipv4.conf.all.arp_announce": "2",
 }
-# per-namespace IPVS sysctls ipvslb sets (they exist once ip_vs is loaded)
-OWNED_IPVS_SYSCTLS: dict[str, str] = {
-    # drop connections whose real server was deleted, so their clients reconnect at once
-    "net.ipv4.vs.expire_nodest_conn": "1",
-    # let persistence templates of a drained (weight 0) real server expire, so persistent
-    # clients move to another server instead of sticking to a leaving one
-    "net.ipv4.vs.expire_quiescent_template": "1",
-}
 
 
 @dataclass(frozen=True)
@@ -293,13 +285,12 @@ def _explain(err: NetlinkError, name: str, what: str) -> SystemStateError:
 
 
 def ensure(name: str, vips: Iterable[object], label: int | None = None,
-           netns: str | None = None, up: bool = False, sysctls: bool = True,
-           ipvs_sysctls: bool = True) -> EnsureResult:
+           netns: str | None = None, up: bool = False, sysctls: bool = True) -> EnsureResult:
     """Make ``name`` a dummy link holding exactly ``vips`` (/32, /128); idempotent.
 
     ``label``: RFC 6724 label for the IPv6 VIPs (None: 10000). ``up``: keep the link up
-    (default: down, see the module doc). ``sysctls``: set :data:`OWNED_SYSCTLS`;
-    ``ipvs_sysctls``: also :data:`OWNED_IPVS_SYSCTLS` (loads ip_vs if needed).
+    (default: down, see the module doc). ``sysctls``: set :data:`OWNED_SYSCTLS` (the IPVS
+    sysctls are :func:`ipvslb.ipvs.set_sysctls`).
     """
     _check_name(name)
     label = DEFAULT_LABEL if label is None else label
@@ -359,21 +350,11 @@ def ensure(name: str, vips: Iterable[object], label: int | None = None,
             raise _explain(err, name, "configure") from None
     if sysctls:
         result.sysctls_set += sysctl.ensure(OWNED_SYSCTLS, netns)
-    if ipvs_sysctls:
-        result.sysctls_set += set_ipvs_sysctls(netns)
     if result.changed:
         log.info("dummy link ensured", extra={
             "link": name, "link_created": result.created, "added": ",".join(result.added),
             "removed": ",".join(result.removed), "netns": netns or ""})
     return result
-
-
-def set_ipvs_sysctls(netns: str | None = None) -> list[str]:
-    """Set :data:`OWNED_IPVS_SYSCTLS` (loading ip_vs first if needed); return those changed."""
-    from ipvslb.ipvs.netlink import IPVS
-
-    IPVS(netns).close()  # loads ip_vs, or raises SystemStateError if the kernel has none
-    return sysctl.ensure(OWNED_IPVS_SYSCTLS, netns)
 
 
 def addresses(name: str, netns: str | None = None) -> list[Address]:

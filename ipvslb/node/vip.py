@@ -12,7 +12,7 @@ without that record is the node's own address: ``check_not_node_address`` refuse
 from __future__ import annotations
 
 import errno
-from pathlib import Path
+from collections.abc import Callable
 
 from ipvslb import logfmt
 from ipvslb.config.model import Config
@@ -22,13 +22,13 @@ log = logfmt.get("vip")
 
 
 def held(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
-         run_dir: Path | None = None, added: bool | None = None) -> list[tuple[str, str]]:
+         is_master: Callable[[int], bool] | None = None,
+         added: bool | None = None) -> list[tuple[str, str]]:
     """(interface, VIP/prefix) pairs of configured VIPs currently on the VRRP interfaces.
 
-    With ``added`` True (False) only those keepalived added (did not add) by ``run_dir``'s
-    record; None: all.
+    With ``added`` True (False) only those keepalived added (did not add): the VIPs of the
+    instances ``is_master(index)`` says this node is master of (is not); None: all.
     """
-    from ipvslb.keepalived.vs_switch import read_state
     from ipvslb.node import netinfo
 
     by_name = {link.name: link for link in netinfo.links(netns)}
@@ -37,18 +37,19 @@ def held(config: Config, interfaces: tuple[str, ...], netns: str | None = None,
         link = by_name.get(iface)
         if link is None:
             continue
-        if added is not None and run_dir is not None:
-            if (read_state(run_dir, inst.index) == "MASTER") != added:
+        if added is not None and is_master is not None:
+            if is_master(inst.index) != added:
                 continue
         present = {a.ip for a in link.addresses}
         found += [(iface, str(v)) for v in inst.virtual_ips if v.ip in present]
     return found
 
 
-def check_not_node_address(config: Config, interfaces: tuple[str, ...], run_dir: Path,
-                           netns: str | None = None) -> None:
-    """Refuse a VIP that is already an address of this node that keepalived did not add."""
-    own = held(config, interfaces, netns, run_dir, added=False)
+def check_not_node_address(config: Config, interfaces: tuple[str, ...],
+                           is_master: Callable[[int], bool], netns: str | None = None) -> None:
+    """Refuse a VIP that is already an address of this node that keepalived did not add
+    (``is_master(index)``: keepalived's last recorded state of instance ``index``)."""
+    own = held(config, interfaces, netns, is_master, added=False)
     if own:
         iface, address = own[0]
         raise UserError(f"VIP {address} is already an address of this node on {iface}, not one "
@@ -57,8 +58,10 @@ def check_not_node_address(config: Config, interfaces: tuple[str, ...], run_dir:
                         f"{iface} if it is a leftover")
 
 
-def remove_stale(config: Config, interfaces: tuple[str, ...], netns: str | None = None) -> int:
-    """Delete the VIPs keepalived added from the VRRP interfaces; return how many were removed.
+def remove_stale(config: Config, interfaces: tuple[str, ...], is_master: Callable[[int], bool],
+                 netns: str | None = None) -> int:
+    """Delete the VIPs keepalived added (``is_master``, as for :func:`held`) from the VRRP
+    interfaces; return how many were removed.
 
     Only call this while no keepalived of this node runs.
     """
@@ -66,7 +69,7 @@ def remove_stale(config: Config, interfaces: tuple[str, ...], netns: str | None 
 
     from ipvslb.node.netns import iproute
 
-    stale = held(config, interfaces, netns, Path(config.node.run_dir), added=True)
+    stale = held(config, interfaces, netns, is_master, added=True)
     if not stale:
         return 0
     removed = 0

@@ -19,6 +19,7 @@ from ipvslb.config.formats import config_from_document
 from ipvslb.errors import SystemStateError, UserError
 from ipvslb.files import claim_run_dir
 from ipvslb.keepalived.process import MAX_QUICK_EXITS, Keepalived
+from ipvslb.keepalived.vs_switch import recorded_master
 from ipvslb.node import vip
 from tests.support.netlab import NetLab, Netns
 
@@ -52,8 +53,9 @@ def test_a_vip_that_is_the_nodes_address_is_never_deleted(netlab: NetLab, tmp_pa
     config = config_from_document(node_doc(run_dir))
     with pytest.raises(UserError, match=f"VIP {ADDRESS}/24 is already an address of this node "
                        "on eth0, not one keepalived added"):
-        vip.check_not_node_address(config, ("eth0",), run_dir, ns.name)
-    assert vip.remove_stale(config, ("eth0",), ns.name) == 0 and has_address(ns)
+        vip.check_not_node_address(config, ("eth0",), recorded_master(run_dir), ns.name)
+    removed = vip.remove_stale(config, ("eth0",), recorded_master(run_dir), ns.name)
+    assert removed == 0 and has_address(ns)
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(node_doc(run_dir)))
@@ -67,8 +69,9 @@ def test_a_vip_that_is_the_nodes_address_is_never_deleted(netlab: NetLab, tmp_pa
     # What keepalived added (its notify recorded MASTER) is removed after it died.
     claim_run_dir(run_dir)
     (run_dir / "state-0").write_text("MASTER 1 1\n")
-    vip.check_not_node_address(config, ("eth0",), run_dir, ns.name)
-    assert vip.remove_stale(config, ("eth0",), ns.name) == 1 and not has_address(ns)
+    vip.check_not_node_address(config, ("eth0",), recorded_master(run_dir), ns.name)
+    removed = vip.remove_stale(config, ("eth0",), recorded_master(run_dir), ns.name)
+    assert removed == 1 and not has_address(ns)
 
 
 def test_a_keepalived_that_exits_at_once_makes_the_agent_give_up(tmp_path: Path) -> None:

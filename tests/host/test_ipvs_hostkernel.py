@@ -72,7 +72,7 @@ def test_show_in_a_missing_namespace() -> None:
     f"/lib/modules/{os.uname().release}"), reason="this kernel may have dummy links")
 def test_dummy_without_driver(netns: str) -> None:
     with pytest.raises(SystemStateError, match="this kernel has no dummy links"):
-        dummy.ensure("dummyvip0", ["192.0.2.1"], netns=netns, ipvs_sysctls=False)
+        dummy.ensure("dummyvip0", ["192.0.2.1"], netns=netns)
 
 
 def test_foreign_link_is_never_touched(netns: str) -> None:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from ipvslb import ipvs
 from ipvslb.errors import SystemStateError
 from ipvslb.node import dummy, sysctl
 from tests.support.netlab import NetLab, Netns, Process, wait_until
@@ -75,8 +76,12 @@ def test_create_idempotent_change_and_remove(netlab: NetLab) -> None:
     assert "UP" not in link["flags"], "the dummy link is kept down, like kube-ipvs0"
     assert addrs(ns, "dummyvip0") == {f"{VIP4}/32", f"{VIP6}/128"}
     assert labels(ns)[f"{VIP6}/128"] == 12345
-    for key, value in {**dummy.OWNED_SYSCTLS, **dummy.OWNED_IPVS_SYSCTLS}.items():
+    for key, value in dummy.OWNED_SYSCTLS.items():
         assert sysctl.read(key, ns.name) == value, key
+    assert sorted(ipvs.set_sysctls(ns.name)) == sorted(ipvs.OWNED_SYSCTLS)
+    for key, value in ipvs.OWNED_SYSCTLS.items():
+        assert sysctl.read(key, ns.name) == value, key
+    assert ipvs.set_sysctls(ns.name) == [], "already set: nothing changes"
     # the VIPs are local although the link is down
     assert f"local {VIP4}" in ns.ip("route", "show", "table", "local")
     assert f"local {VIP6}" in ns.ip("-6", "route", "show", "table", "local")

@@ -17,6 +17,7 @@ from collections import Counter
 
 import pytest
 
+from ipvslb import ipvs
 from ipvslb.ipvs import model
 from ipvslb.ipvs.apply import Applier
 from ipvslb.ipvs.netlink import IPVS
@@ -60,6 +61,7 @@ class Lab:
         self.lb.ip("addr", "add", f"{VIP6}/64", "dev", "eth0", "nodad")
         for ns in (self.lb, self.rs1, self.rs2):
             dummy.ensure("dummyvip0", [VIP4, VIP6], netns=ns.name)
+            ipvs.set_sysctls(ns.name)
         for ns in (self.rs1, self.rs2):
             proc = netlab.start([sys.executable, "-c", HOLD_SERVER, ns.name.rsplit("-", 1)[1],
                                  str(PORT)], ns, name=f"hold-{ns.name}")

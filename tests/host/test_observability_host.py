@@ -156,4 +156,4 @@ def test_ready_watchdog_stopping_and_a_root_only_status_socket(
     agent.signal(signal.SIGTERM)
     assert "STOPPING=1" in messages(notify_socket, 3.0)
     assert agent.wait(30) == 0, agent.output()
-    wait_until(lambda: not sock_path.exists(), 5, "the status socket removed")
+    wait_until(lambda: not sock_path.exists(), 5, what="the status socket removed")

@@ -46,8 +46,8 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _type_checking_only(node):
-            for child in node.orelse:
-                visit(child)
+            for branch in node.orelse:
+                visit(branch)
             return
         if isinstance(node, ast.Import):
             found.extend((node.lineno, a.name) for a in node.names if a.name.startswith("ipvslb"))

@@ -253,6 +253,11 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def progress(what: str) -> None:
+    """One line on stderr per section, so a slow guest shows where it is."""
+    print(f"bench/ipvs: {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller tables, fewer runs")
@@ -266,9 +271,15 @@ def main() -> None:
                  f"{platform.python_version()}",
         "reps": reps, "quick": args.quick, "loadavg_start": os.getloadavg(),
         "host_loadavg_start": os.environ.get("IPVSLB_HOST_LOADAVG", "not given")}
-    doc["show"] = [bench_show(small, reps), bench_show(big, max(3, reps - 2))]
+    progress(f"listing {small} x 3")
+    doc["show"] = [bench_show(small, reps)]
+    progress(f"listing {big} x 3")
+    doc["show"].append(bench_show(big, max(3, reps - 2)))
+    progress(f"full apply of {small} x 3")
     doc["full_apply"] = bench_full_apply(small, reps)
+    progress(f"one changed real server in {big} x 3")
     doc["one_change"] = bench_one_change(big, reps)
+    progress("done")
     doc["loadavg_end"] = os.getloadavg()
     name = "ipvs-quick" if args.quick else "ipvs"
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ class Half:
     __slots__ = ("conn", "src", "dst", "sfd", "dfd", "pipe", "pending", "data", "blocked",
                  "done", "engine", "splicing", "moved")
 
-    def __init__(self, conn: Connection, src: socket.socket, dst: socket.socket,
+    def __init__(self, conn: Connection, src: socket.SocketType, dst: socket.SocketType,
                  engine: str) -> None:
         self.conn = conn
         self.src = src
@@ -300,8 +300,8 @@ class Connection:
         poller: Poller,
         pool: PipePool,
         engine: str,
-        client: socket.socket,
-        backend: socket.socket,
+        client: socket.SocketType,
+        backend: socket.SocketType,
         owner: Any,
         on_close: Callable[[Connection], None],
     ) -> None:

@@ -17,6 +17,12 @@ The ``auto`` engine starts each direction copying, switches it to splice when a 
 copy buffer (a bulk transfer), and back when splice reads turn small. ``copy`` and ``splice``
 force one way (for measurements).
 
+The client socket stays in blocking mode while copying: every copy read and write passes
+``MSG_DONTWAIT`` instead, which saves an ``ioctl(FIONBIO)`` per accepted connection. splice has
+no such flag for the socket side, so the client socket is made non-blocking when a direction
+first splices (once per bulk transfer, not per connection); backend sockets are created
+non-blocking.
+
 Both ways read a direction only while its destination has taken everything (back-pressure),
 pass an end-of-stream on as ``shutdown(SHUT_WR)`` (half-close), and close the connection when
 both directions have ended, or at once on an error (with a reset to the other side).
@@ -51,6 +57,7 @@ AUTO, SPLICE, COPY = "auto", "splice", "copy"
 ENGINES = (AUTO, SPLICE, COPY)
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _HANGUP = select.EPOLLERR | select.EPOLLHUP
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class Poller:
@@ -164,7 +171,7 @@ class Half:
                 self._unblock()
             return
         try:
-            sent = self.dst.send(self.data)
+            sent = self.dst.send(self.data, _DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -178,7 +185,7 @@ class Half:
     def _copy_in(self) -> None:
         for _ in range(_BATCH):
             try:
-                n = self.src.recv_into(_BUFFER)
+                n = self.src.recv_into(_BUFFER, 0, _DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
@@ -189,7 +196,7 @@ class Half:
                 return
             self.moved += n
             try:
-                sent = self.dst.send(_VIEW[:n])
+                sent = self.dst.send(_VIEW[:n], _DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -203,6 +210,9 @@ class Half:
                 return
             if self.engine == AUTO:  # a full buffer: bulk follows, move it without copying
                 self.splicing = True
+                client = self.conn.client
+                if client.gettimeout() != 0.0:  # splice honours only O_NONBLOCK
+                    client.setblocking(False)
                 self._splice_in()
                 return
 
@@ -319,6 +329,8 @@ class Connection:
 
     def start(self) -> None:
         """Relay from now on; the client has usually sent its first bytes already: read them."""
+        if self.up.splicing:  # the splice engine: no copy phase (see the module docstring)
+            self.client.setblocking(False)
         self.poller.register(self.up.sfd, _IN, self._on_client)
         self.poller.register(self.down.sfd, _IN, self._on_backend)
         self.up.on_readable()

@@ -280,6 +280,9 @@ class Proxy:
         # (_accept is the C method behind socket.accept since Python 3.3; typeshed omits it)
         accept: Callable[[], tuple[int, object]] = listener._accept  # type: ignore[attr-defined]
         family = self._family
+        # The client stays blocking (the relay passes MSG_DONTWAIT), unless a process-wide
+        # default timeout made it a timeout socket, which would wait inside recv and send.
+        timeouts = socket.getdefaulttimeout() is not None
         for _ in range(_ACCEPT_BATCH):
             try:
                 fd, _addr = accept()
@@ -292,7 +295,8 @@ class Proxy:
             if self._active >= self.max_connections:
                 self._reject(client)
                 continue
-            client.setblocking(False)
+            if timeouts:
+                client.setblocking(False)
             self._active += 1
             self._total += 1
             self._connect(client, self._balancer.candidates(self.connect_attempts), None)
@@ -342,12 +346,16 @@ class Proxy:
                 return
             self._tune(sock)
             code = sock.connect_ex((backend.address, backend.port))
-            if code == errno.EINPROGRESS:
+            if code == errno.EINPROGRESS and (state.instant or not state.total & 63):
+                # A local backend is connected at once: skip the wait. A remote one never is:
+                # ask again only every 64th connection, not spend a syscall and an exception
+                # on each.
                 try:
-                    sock.getpeername()  # a local backend is connected at once: skip the wait
+                    sock.getpeername()
                     code = 0
+                    state.instant = True
                 except OSError:
-                    pass
+                    state.instant = False
             if code == 0:
                 self._relay(client, sock, state)
                 return

@@ -31,6 +31,7 @@ class BackendState:
         "removed",
         "connections",
         "drain_timer",
+        "instant",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -43,6 +44,7 @@ class BackendState:
         self.removed = False
         self.connections: set[Any] = set()
         self.drain_timer: Any = None
+        self.instant = True  # connects complete inside connect() (a local backend)
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until > now

@@ -17,6 +17,12 @@ The ``auto`` engine starts each direction copying, switches it to splice when a 
 copy buffer (a bulk transfer), and back when splice reads turn small. ``copy`` and ``splice``
 force one way (for measurements).
 
+The client socket stays in blocking mode while copying: every copy read and write passes
+``MSG_DONTWAIT`` instead, which saves an ``ioctl(FIONBIO)`` per accepted connection. splice has
+no such flag for the socket side, so the client socket is made non-blocking when a direction
+first splices (once per bulk transfer, not per connection); backend sockets are created
+non-blocking.
+
 Both ways read a direction only while its destination has taken everything (back-pressure),
 pass an end-of-stream on as ``shutdown(SHUT_WR)`` (half-close), and close the connection when
 both directions have ended, or at once on an error (with a reset to the other side).
@@ -51,6 +57,7 @@ AUTO, SPLICE, COPY = "auto", "splice", "copy"
 ENGINES = (AUTO, SPLICE, COPY)
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _HANGUP = select.EPOLLERR | select.EPOLLHUP
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class Poller:
@@ -71,6 +78,15 @@ class Poller:
         self._ep.register(fd, mask)
         self._handlers[fd] = handler
 
+    def register_pair(self, fd_a: int, handler_a: Callable[[int], None], fd_b: int,
+                      handler_b: Callable[[int], None]) -> None:
+        """Both sockets of a new connection, reading (one call per connection, not two)."""
+        ep, handlers = self._ep, self._handlers
+        ep.register(fd_a, _IN)
+        handlers[fd_a] = handler_a
+        ep.register(fd_b, _IN)
+        handlers[fd_b] = handler_b
+
     def change(self, fd: int, old: int, new: int) -> None:
         """Change interest from ``old`` to ``new``; 0 takes the socket out of the set (else a
         hung-up socket that is not being read would report EPOLLHUP over and over)."""
@@ -83,6 +99,11 @@ class Poller:
 
     def forget(self, fd: int) -> None:
         self._handlers.pop(fd, None)
+
+    def forget_pair(self, fd_a: int, fd_b: int) -> None:
+        handlers = self._handlers
+        handlers.pop(fd_a, None)
+        handlers.pop(fd_b, None)
 
     def _dispatch(self) -> None:
         handlers = self._handlers
@@ -132,12 +153,13 @@ class PipePool:
 class Half:
     """One direction of a connection: read ``src``, write ``dst``."""
 
-    __slots__ = ("conn", "src", "dst", "sfd", "dfd", "pipe", "pending", "data", "blocked",
-                 "done", "engine", "splicing", "moved")
+    __slots__ = ("conn", "peer", "src", "dst", "sfd", "dfd", "pipe", "pending", "data",
+                 "blocked", "done", "engine", "splicing", "moved")
 
-    def __init__(self, conn: Connection, src: socket.socket, dst: socket.socket,
+    def __init__(self, conn: Connection, src: socket.SocketType, dst: socket.SocketType,
                  engine: str) -> None:
         self.conn = conn
+        self.peer: Half = self  # the other direction, which writes to src (set by Connection)
         self.src = src
         self.dst = dst
         self.sfd = src.fileno()
@@ -151,11 +173,26 @@ class Half:
         self.done = False
         self.moved = 0  # bytes read from src (and passed on to dst unless aborted)
 
-    def on_readable(self) -> None:
-        if self.splicing:
-            self._splice_in()
-        else:
-            self._copy_in()
+    def on_events(self, events: int) -> None:
+        """Events of ``src``: this half reads it, ``peer`` writes to it. The poller calls this
+        directly (no per-event hop through the connection)."""
+        try:
+            peer = self.peer
+            if events & _OUT and peer.blocked:
+                peer.on_writable()
+                if self.conn.closed:
+                    return
+            if not (self.blocked or self.done):
+                if events & (_IN | _HANGUP):  # the data, the end of stream or the error
+                    if self.splicing:
+                        self._splice_in()
+                    else:
+                        self._copy_in()
+            elif events & _HANGUP:  # reset while only waiting to write to it: nothing to save
+                self.conn.abort()
+        except Exception:  # a bug here must cost one connection, not a busy loop
+            log.exception("relay failed; closing the connection")
+            self.conn.abort()
 
     def on_writable(self) -> None:
         if self.pipe is not None:
@@ -164,7 +201,7 @@ class Half:
                 self._unblock()
             return
         try:
-            sent = self.dst.send(self.data)
+            sent = self.dst.send(self.data, _DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -178,7 +215,7 @@ class Half:
     def _copy_in(self) -> None:
         for _ in range(_BATCH):
             try:
-                n = self.src.recv_into(_BUFFER)
+                n = self.src.recv_into(_BUFFER, 0, _DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
@@ -189,7 +226,7 @@ class Half:
                 return
             self.moved += n
             try:
-                sent = self.dst.send(_VIEW[:n])
+                sent = self.dst.send(_VIEW[:n], _DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -203,6 +240,9 @@ class Half:
                 return
             if self.engine == AUTO:  # a full buffer: bulk follows, move it without copying
                 self.splicing = True
+                client = self.conn.client
+                if client.gettimeout() != 0.0:  # splice honours only O_NONBLOCK
+                    client.setblocking(False)
                 self._splice_in()
                 return
 
@@ -300,8 +340,8 @@ class Connection:
         poller: Poller,
         pool: PipePool,
         engine: str,
-        client: socket.socket,
-        backend: socket.socket,
+        client: socket.SocketType,
+        backend: socket.SocketType,
         owner: Any,
         on_close: Callable[[Connection], None],
     ) -> None:
@@ -312,16 +352,23 @@ class Connection:
         self.owner = owner  # the BackendState this connection counts against
         self.on_close = on_close
         self.closed = False
-        self.up = Half(self, client, backend, engine)
-        self.down = Half(self, backend, client, engine)
+        up = self.up = Half(self, client, backend, engine)
+        down = self.down = Half(self, backend, client, engine)
+        up.peer = down
+        down.peer = up
         self.cmask = self.bmask = _IN
         self.moved = (0, 0)  # (client -> backend, backend -> client) bytes, set on close
 
     def start(self) -> None:
         """Relay from now on; the client has usually sent its first bytes already: read them."""
-        self.poller.register(self.up.sfd, _IN, self._on_client)
-        self.poller.register(self.down.sfd, _IN, self._on_backend)
-        self.up.on_readable()
+        if self.up.splicing:  # the splice engine: no copy phase (see the module docstring)
+            self.client.setblocking(False)
+        up = self.up
+        self.poller.register_pair(up.sfd, up.on_events, up.dfd, self.down.on_events)
+        if up.splicing:
+            up._splice_in()
+        else:
+            up._copy_in()
 
     def sync(self) -> None:
         """Make each socket's epoll interest match what its two halves wait for."""
@@ -334,28 +381,6 @@ class Connection:
         if bmask != self.bmask:
             self.poller.change(down.sfd, self.bmask, bmask)
             self.bmask = bmask
-
-    def _on_client(self, events: int) -> None:
-        self._on_events(events, self.up, self.down)
-
-    def _on_backend(self, events: int) -> None:
-        self._on_events(events, self.down, self.up)
-
-    def _on_events(self, events: int, reader: Half, writer: Half) -> None:
-        """Events of one socket: ``reader`` reads it, ``writer`` writes to it."""
-        try:
-            if events & _OUT and writer.blocked:
-                writer.on_writable()
-                if self.closed:
-                    return
-            if not (reader.blocked or reader.done):
-                if events & (_IN | _HANGUP):
-                    reader.on_readable()  # reads the data, the end of stream or the error
-            elif events & _HANGUP:  # reset while only waiting to write to it: nothing to save
-                self.abort()
-        except Exception:  # a bug here must cost one connection, not a busy loop
-            log.exception("relay failed; closing the connection")
-            self.abort()
 
     def abort(self) -> None:
         """Close both sides at once, resetting them so that neither peer mistakes it for EOF."""
@@ -370,12 +395,16 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self.poller.forget(self.up.sfd)
-        self.poller.forget(self.down.sfd)
-        self.up.release()
-        self.down.release()
-        self.moved = (self.up.moved, self.down.moved)
-        del self.up, self.down  # no reference cycle left: freed without the cyclic GC
+        up, down = self.up, self.down
+        self.poller.forget_pair(up.sfd, down.sfd)
+        if up.pipe is not None:
+            up.release()
+        if down.pipe is not None:
+            down.release()
+        self.moved = (up.moved, down.moved)
+        up.peer = up  # no reference cycle left: freed without the cyclic GC
+        down.peer = down
+        del self.up, self.down
         self.client.close()  # closing also removes the sockets from the epoll set
         self.backend.close()
         self.on_close(self)

@@ -41,10 +41,10 @@ class _Dial:
 
     __slots__ = ("client", "candidates", "sock", "state", "timer", "errors")
 
-    def __init__(self, client: socket.socket, candidates: list[BackendState]) -> None:
+    def __init__(self, client: socket.SocketType, candidates: list[BackendState]) -> None:
         self.client = client
         self.candidates = candidates
-        self.sock: socket.socket | None = None
+        self.sock: socket.SocketType | None = None
         self.state: BackendState | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.errors: list[str] = []
@@ -101,6 +101,7 @@ class Proxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: Poller | None = None
         self._listener: socket.socket | None = None
+        self._family = socket.AF_INET  # the listener's
         self._dials: set[_Dial] = set()
         self._active = 0
         self._total = 0
@@ -117,6 +118,7 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
         _raise_nofile_limit(self.max_connections)
         self._listener = self._listen()
+        self._family = self._listener.family
         self._idle = asyncio.Event()
         self._poller = Poller(self._loop)
         self._loop.add_reader(self._listener.fileno(), self._on_accept)
@@ -259,7 +261,7 @@ class Proxy:
             raise
         return sock
 
-    def _tune(self, sock: socket.socket) -> None:
+    def _tune(self, sock: socket.SocketType) -> None:
         idle, interval, count = self.keepalive
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
@@ -271,18 +273,30 @@ class Proxy:
         listener = self._listener
         if listener is None:
             return
+        # The C-level accept and socket type: socket.accept() adds a Python wrapper and two enum
+        # conversions (family, type) per connection; the relay needs none of socket.socket's
+        # extras. Creating a socket from the descriptor costs CPython a getsockname (it checks
+        # the descriptor); there is no way around it short of giving up socket objects.
+        # (_accept is the C method behind socket.accept since Python 3.3; typeshed omits it)
+        accept: Callable[[], tuple[int, object]] = listener._accept  # type: ignore[attr-defined]
+        family = self._family
+        # The client stays blocking (the relay passes MSG_DONTWAIT), unless a process-wide
+        # default timeout made it a timeout socket, which would wait inside recv and send.
+        timeouts = socket.getdefaulttimeout() is not None
         for _ in range(_ACCEPT_BATCH):
             try:
-                client, _addr = listener.accept()
+                fd, _addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # EMFILE, ENFILE, ENOBUFS...: keep serving open connections
                 self._pause_accepting(err)
                 return
+            client = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
             if self._active >= self.max_connections:
                 self._reject(client)
                 continue
-            client.setblocking(False)
+            if timeouts:
+                client.setblocking(False)
             self._active += 1
             self._total += 1
             self._connect(client, self._balancer.candidates(self.connect_attempts), None)
@@ -300,7 +314,7 @@ class Proxy:
 
         self._loop.call_later(1.0, resume)
 
-    def _reject(self, client: socket.socket) -> None:
+    def _reject(self, client: socket.SocketType) -> None:
         self._rejected += 1
         self._rejected_since_log += 1
         try:
@@ -315,7 +329,7 @@ class Proxy:
             self._rejected_since_log = 0
 
     # -- connecting to a backend -------------------------------------------------------------
-    def _connect(self, client: socket.socket, candidates: list[BackendState],
+    def _connect(self, client: socket.SocketType, candidates: list[BackendState],
                  dial: _Dial | None) -> None:
         """Connect ``client`` to the first candidate that accepts; ``dial`` exists once the
         client had to wait for a connect or saw a failure."""
@@ -326,18 +340,22 @@ class Proxy:
             backend = state.backend
             family = socket.AF_INET6 if ":" in backend.address else socket.AF_INET
             try:
-                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                sock = socket.SocketType(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             except OSError as exc:
                 self._give_up(dial or _Dial(client, candidates), f"socket: {exc}")
                 return
             self._tune(sock)
             code = sock.connect_ex((backend.address, backend.port))
-            if code == errno.EINPROGRESS:
+            if code == errno.EINPROGRESS and (state.instant or not state.total & 63):
+                # A local backend is connected at once: skip the wait. A remote one never is:
+                # ask again only every 64th connection, not spend a syscall and an exception
+                # on each.
                 try:
-                    sock.getpeername()  # a local backend is connected at once: skip the wait
+                    sock.getpeername()
                     code = 0
+                    state.instant = True
                 except OSError:
-                    pass
+                    state.instant = False
             if code == 0:
                 self._relay(client, sock, state)
                 return
@@ -413,7 +431,8 @@ class Proxy:
                         extra={"errors": reason})
         self._connection_ended()
 
-    def _relay(self, client: socket.socket, sock: socket.socket, state: BackendState) -> None:
+    def _relay(self, client: socket.SocketType, sock: socket.SocketType,
+               state: BackendState) -> None:
         assert self._poller is not None and self._loop is not None
         self._balancer.record_success(state)
         state.active += 1

@@ -117,3 +117,9 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     assert violations(probe, Path("ipvslb/errors.py")) == [
         "ipvslb/errors.py:2 imports ipvslb.node, which errors must not import",
         "ipvslb/errors.py:4 imports ipvslb.config.model, which errors must not import"]
+
+
+def test_keepalived_conf_knows_nothing_of_ipvslb() -> None:
+    """keepalived_conf/ models keepalived's language; it must stay usable on its own."""
+    for path in sorted((PACKAGE.parent / "keepalived_conf").rglob("*.py")):
+        assert not imports(path), f"{path} imports ipvslb"

@@ -98,6 +98,9 @@ class GlobalDefs:
     vrrp_garp_master_delay: int | None = None
     vrrp_garp_master_repeat: int | None = None
     vrrp_garp_master_refresh: int | None = None
+    # a master that sees a higher-priority master sends one advert before it steps down, so the
+    # winner (answering with gratuitous ARPs for a lower-priority advert) re-points clients
+    vrrp_higher_prio_send_advert: bool = False
     enable_script_security: bool = False
     script_user: str | None = None
     script_group: str | None = None
@@ -110,6 +113,8 @@ class GlobalDefs:
         _optional(self, "vrrp_garp_master_delay", t.check_int, 0, MAX_TIMER)
         _optional(self, "vrrp_garp_master_repeat", t.check_int, 1, 255)
         _optional(self, "vrrp_garp_master_refresh", t.check_int, 0, MAX_TIMER)
+        t.check_bool(self.vrrp_higher_prio_send_advert,
+                     _where(self, "vrrp_higher_prio_send_advert"))
         t.check_bool(self.enable_script_security, _where(self, "enable_script_security"))
         _optional(self, "script_user", t.check_name)
         _optional(self, "script_group", t.check_name)

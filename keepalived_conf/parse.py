@@ -266,6 +266,7 @@ def _global_defs(node: Node) -> GlobalDefs:
         "vrrp_garp_master_delay": ("vrrp_garp_master_delay", _int),
         "vrrp_garp_master_repeat": ("vrrp_garp_master_repeat", _int),
         "vrrp_garp_master_refresh": ("vrrp_garp_master_refresh", _int),
+        "vrrp_higher_prio_send_advert": ("vrrp_higher_prio_send_advert", _flag),
         "enable_script_security": ("enable_script_security", _flag),
         "script_user": ("script_user", _user),
         "lvs_sync_daemon": ("lvs_sync_daemon", _lvs_sync_daemon),

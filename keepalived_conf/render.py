@@ -91,6 +91,7 @@ def _global_defs(out: _Writer, g: GlobalDefs) -> None:
     out.opt("vrrp_garp_master_delay", g.vrrp_garp_master_delay)
     out.opt("vrrp_garp_master_repeat", g.vrrp_garp_master_repeat)
     out.opt("vrrp_garp_master_refresh", g.vrrp_garp_master_refresh)
+    out.flag("vrrp_higher_prio_send_advert", g.vrrp_higher_prio_send_advert)
     out.flag("enable_script_security", g.enable_script_security)
     if g.script_user is not None:
         extra = [word(g.script_group)] if g.script_group is not None else []

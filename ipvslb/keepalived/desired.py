@@ -185,6 +185,10 @@ def _global_defs(config: Config, facts: NodeFacts, with_vs: bool) -> kc.GlobalDe
     return kc.GlobalDefs(
         enable_script_security=True, script_user="root",
         vrrp_garp_master_delay=GARP_MASTER_DELAY, vrrp_garp_master_refresh=GARP_MASTER_REFRESH,
+        # after a split brain heals, the losing masters announce themselves once more, so the
+        # winner always sees a lower-priority advert and sends gratuitous ARPs (keepalived's
+        # garp_lower_prio_repeat, default 5): clients that last heard a loser move at once
+        vrrp_higher_prio_send_advert=True,
         lvs_sync_daemon=sync,
     )
 

@@ -42,6 +42,7 @@ def representative() -> Config:
             vrrp_garp_master_delay=1,
             vrrp_garp_master_repeat=2,
             vrrp_garp_master_refresh=1,
+            vrrp_higher_prio_send_advert=True,
             enable_script_security=True,
             script_user="root",
             lvs_sync_daemon=LvsSyncDaemon("eth0", instance="k0s-vip-0", sync_id=51),
@@ -100,6 +101,7 @@ global_defs {
     vrrp_garp_master_delay 1
     vrrp_garp_master_repeat 2
     vrrp_garp_master_refresh 1
+    vrrp_higher_prio_send_advert
     enable_script_security
     script_user root
     lvs_sync_daemon eth0 inst k0s-vip-0 id 51
@@ -344,6 +346,8 @@ def test_numbers_are_written_minimally(value: float, text: str) -> None:
     (lambda: GlobalDefs(router_id="a!b"), "GlobalDefs.router_id"),
     (lambda: GlobalDefs(vrrp_version=4), "GlobalDefs.vrrp_version"),
     (lambda: GlobalDefs(enable_script_security=1), "GlobalDefs.enable_script_security"),  # type: ignore[arg-type]
+    (lambda: GlobalDefs(vrrp_higher_prio_send_advert="yes"),  # type: ignore[arg-type]
+     "GlobalDefs.vrrp_higher_prio_send_advert"),
     (lambda: LvsSyncDaemon("eth0", sync_id=256), "LvsSyncDaemon.sync_id"),
     (lambda: VirtualServer("vip", 6443), "VirtualServer.ip"),
     (lambda: VirtualServer("10.0.0.1", 0), "VirtualServer.port"),

@@ -172,6 +172,8 @@ def expected_view(config: Config) -> list[Any]:
         if isinstance(item, GlobalDefs):
             kids = _opt(item, "router_id", "vrrp_version", "vrrp_garp_master_delay",
                         "vrrp_garp_master_repeat", "vrrp_garp_master_refresh")
+            if item.vrrp_higher_prio_send_advert:
+                kids.append(_line("vrrp_higher_prio_send_advert", 1))
             if item.enable_script_security:
                 kids.append(_line("enable_script_security", 1))
             if item.script_user is not None:
@@ -354,6 +356,7 @@ class Builder:
             vrrp_garp_master_delay=self.maybe(self.number, 0, 86400),
             vrrp_garp_master_repeat=self.maybe(self.number, 1, 255),
             vrrp_garp_master_refresh=self.maybe(self.number, 0, 86400),
+            vrrp_higher_prio_send_advert=self.draw(st.booleans()),
             enable_script_security=self.draw(st.booleans()),
             script_user=user, script_group=self.maybe(self.name) if user else None,
             lvs_sync_daemon=sync, max_auto_priority=self.maybe(self.number, -1, 99),

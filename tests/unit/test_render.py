@@ -44,6 +44,7 @@ GOLDEN = """\
 global_defs {
     vrrp_garp_master_delay 1
     vrrp_garp_master_refresh 10
+    vrrp_higher_prio_send_advert
     enable_script_security
     script_user root
 }

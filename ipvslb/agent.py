@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from ipvslb.status.metrics import Metrics
 
 log = logfmt.get("agent")
+# how often the holder asks who else answers ARP for its VIPs (split brain), seconds
+SPLIT_BRAIN_INTERVAL = 2.0
 
 
 def make_source(config: Config) -> EndpointSource:
@@ -89,6 +91,11 @@ class Agent:
         self._dummy_task: asyncio.Task[None] | None = None
         self._dummy_again = False
         self._dummy_lock = asyncio.Lock()  # one dummy.ensure at a time (start-up, repairs)
+        # split brain: VIP -> MACs of other nodes answering ARP for a VIP this node holds
+        self.foreign_holders: dict[str, list[str]] = {}
+        self.split_brains = 0  # times one was detected
+        self._split_task: asyncio.Task[None] | None = None
+        self._split_error: str | None = None
 
     def _preflight(self) -> None:
         """Every check that can fail on this node's facts, before anything is changed."""
@@ -167,6 +174,7 @@ class Agent:
                                 f"({err.strerror}); choose a free port or an address of this "
                                 "node") from None
         self._tick_task = asyncio.create_task(self._tick())
+        self._split_task = asyncio.create_task(self._watch_split_brain())
 
     async def _tick(self) -> None:
         """Follow the VRRP state files and feed systemd's watchdog from the agent's loop: a
@@ -181,6 +189,46 @@ class Agent:
             if interval:
                 self.notifier.watchdog()
             await asyncio.sleep(period)
+
+    async def _watch_split_brain(self) -> None:
+        """Every SPLIT_BRAIN_INTERVAL seconds, ask (ARP, ``node.arpprobe``) who else answers for
+        each IPv4 VIP this node holds; log each start and end of a split brain once."""
+        while True:
+            try:
+                found = await asyncio.to_thread(self._probe_foreign_holders)
+            except Exception as err:  # a probe must not end the agent; said once per reason
+                found = self.foreign_holders
+                if str(err) != self._split_error:
+                    log.warning("split-brain probe failed", extra={"error": str(err)})
+                self._split_error = str(err)
+            else:
+                self._split_error = None
+            for vip_text, macs in found.items():
+                if vip_text not in self.foreign_holders:
+                    self.split_brains += 1
+                    log.error("split brain: another node answers for a VIP this node holds",
+                              extra={"event": "split_brain", "vip": vip_text,
+                                     "foreign_mac": ",".join(macs)})
+            for vip_text in self.foreign_holders:
+                if vip_text not in found:
+                    log.warning("split brain resolved: no other node answers for the VIP",
+                                extra={"event": "split_brain_resolved", "vip": vip_text})
+            self.foreign_holders = found
+            await asyncio.sleep(SPLIT_BRAIN_INTERVAL)
+
+    def _probe_foreign_holders(self) -> dict[str, list[str]]:
+        """VIP -> other MACs answering for it, for the IPv4 VIPs held here (worker thread)."""
+        from ipvslb.node import arpprobe
+
+        found: dict[str, list[str]] = {}
+        for iface, held_vip in vip.held(self.config, self.facts.interfaces, self.netns):
+            address = held_vip.split("/")[0]
+            if ":" in address:
+                continue  # IPv4 only (see arpprobe)
+            macs = arpprobe.probe(iface, address, self.netns)
+            if macs:
+                found[held_vip] = sorted(macs)
+        return found
 
     async def snapshot(self) -> dict[str, Any]:
         """The agent's state, as `ipvslb status --json` prints it (schema ipvslb.status/v1)."""
@@ -384,10 +432,11 @@ class Agent:
         if self._dummy_task is not None:
             with contextlib.suppress(Exception):
                 await self._dummy_task
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        for task in (self._tick_task, self._split_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.status_server is not None:
             await self.status_server.stop()
         if self.metrics is not None:

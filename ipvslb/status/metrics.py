@@ -146,6 +146,13 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         yield from _proxy(snap["proxy"], snap["backends"])
     if snap.get("ipvs") is not None:
         yield from _ipvs(snap["ipvs"])
+    split = _gauge("ipvslb_split_brain", "1 while another node answers ARP for a VIP this "
+                   "node holds (two VRRP masters)", ("vip",))
+    for vip_text in snap.get("foreignHolders", {}):
+        split.add_metric([vip_text], 1)
+    yield split
+    yield _one(_counter("ipvslb_split_brains", "times another holder of a VIP this node held "
+                        "was detected"), snap.get("splitBrains", 0))
     if snap.get("dummy"):
         yield _one(_gauge("ipvslb_dummy_watching", "1 while changes to the dummy link by others "
                           "are followed (virtual-servers mode)"), int(snap["dummy"]["watching"]))

@@ -141,6 +141,9 @@ class Snapshot:
     ipvs: list[IpvsService] | None = None
     iptables_rules: list[str] | None = None
     dummy: DummyView | None = None
+    # split brain: VIP -> MACs of other nodes answering ARP for it while this node holds it
+    foreign_holders: dict[str, list[str]] = field(default_factory=dict)
+    split_brains: int = 0
     problems: list[str] = field(default_factory=list)
     schema: str = SCHEMA
     version: str = __version__
@@ -191,6 +194,8 @@ def problems(snap: Snapshot) -> list[str]:
         out.append(f"{snap.dummy.name} is not repaired: {snap.dummy.refused}")
     elif snap.dummy is not None and not snap.dummy.watching:
         out.append(f"{snap.dummy.name} is not watched (changes by others go unrepaired)")
+    for vip_text, macs in snap.foreign_holders.items():
+        out.append(f"split brain: {vip_text} is also held by {', '.join(macs)}")
     if snap.local_apiserver.enabled and snap.local_apiserver.healthy is False:
         out.append("the local apiserver is unhealthy (this node may not hold the VIP)")
     return out
@@ -302,7 +307,8 @@ async def build(agent: Agent, tracker: VrrpTracker, rules: bool = True) -> Snaps
             kad.started_at if kad else None, kad.restarts if kad else 0,
             kad.reloads if kad else 0, kad.last_exit_code if kad else None),
         local_apiserver=_local(agent), proxy=_proxy(agent), ipvs=ipvs,
-        iptables_rules=iptables_rules, dummy=_dummy(agent))
+        iptables_rules=iptables_rules, dummy=_dummy(agent),
+        foreign_holders=dict(agent.foreign_holders), split_brains=agent.split_brains)
     snap.problems = problems(snap)
     return snap
 

@@ -148,7 +148,7 @@ class Agent:
         if await asyncio.to_thread(stop_leftover, self.run_dir):
             log.info("replaced the keepalived of a previous agent")
         await asyncio.to_thread(vip.remove_stale, self.config, self.facts.interfaces,
-            vs_switch.recorded_master(self.run_dir), self.netns)
+                                vs_switch.recorded_master(self.run_dir), self.netns)
         await self._start_mode()
         self._write_files()
         self.keepalived = Keepalived(

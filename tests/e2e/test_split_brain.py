@@ -32,8 +32,10 @@ from tests.support.agentstatus import metrics, sample, status
 DROP_VRRP = ["INPUT", "-p", "112", "-j", "DROP"]  # IP protocol 112: VRRP adverts
 
 
-def iptables(lab: Lab, node: str, op: str) -> None:
-    sh("ip", "netns", "exec", lab.controller(node).netns, "iptables", "-w", "5", op, *DROP_VRRP)
+def drop_vrrp(lab: Lab, node: str, op: str) -> list[str]:
+    """The command that inserts (``-I``) or deletes (``-D``) ``node``'s VRRP drop rule."""
+    return ["ip", "netns", "exec", lab.controller(node).netns, "iptables", "-w", "5", op,
+            *DROP_VRRP]
 
 
 def heal_all(lab: Lab, names: list[str]) -> None:
@@ -41,8 +43,7 @@ def heal_all(lab: Lab, names: list[str]) -> None:
     together): a partition heals at once, and one opened after another would favour whoever
     is opened first (a loser opened early hears the winner and answers into its still closed
     INPUT)."""
-    procs = [subprocess.Popen(["ip", "netns", "exec", lab.controller(n).netns, "iptables", "-w",
-                               "5", "-D", *DROP_VRRP]) for n in names]
+    procs = [subprocess.Popen(drop_vrrp(lab, n, "-D")) for n in names]
     for proc in procs:
         assert proc.wait(timeout=30) == 0
 
@@ -100,7 +101,7 @@ def test_after_a_split_brain_heals_one_holder_remains_and_the_client_follows_it(
     dev = route[route.index("dev") + 1]
     try:
         for node in names:
-            iptables(lab, node, "-I")
+            sh(*drop_vrrp(lab, node, "-I"))
         wait_for(lambda: sorted(lab.holders()) == sorted(names), 30,
                  "every controller to hold the VIP (split brain)")
         # every holder sees the others answer ARP for its VIP: logged, degraded, in metrics
@@ -147,8 +148,7 @@ def test_after_a_split_brain_heals_one_holder_remains_and_the_client_follows_it(
                 f"silently and the winner sent no gratuitous ARP for it\n{heard[-3000:]}")
     finally:
         for node in names:
-            subprocess.run(["ip", "netns", "exec", lab.controller(node).netns, "iptables", "-w",
-                            "5", "-D", *DROP_VRRP], check=False, capture_output=True)
+            subprocess.run(drop_vrrp(lab, node, "-D"), check=False, capture_output=True)
         subprocess.run(["ip", "-n", lab.state.client.netns, "neigh", "del", lab.vip, "dev", dev],
                        check=False)
     lab.wait_settled()
